@@ -1,0 +1,98 @@
+"""Every config field DetLab knows, with its default. Experiments subclass these sections.
+
+The defaults describe EfficientDet-D0 (EfficientNet-B0 + 3 BiFPN layers of 64 channels,
+512x512 input) trained with the paper's recipe scaled to a small batch. An experiment module
+such as ``config/effdet_b2.py`` overrides only what differs. A field not declared here is an
+error (see ``core.config``).
+"""
+from core.config import Section
+
+
+class General(Section):
+    name = "experiment"          # run folder name under work_dir
+    work_dir = "runs"            # runs are written to work_dir/name
+    batch_image = 8              # images per device (per process)
+    fp16 = True                  # mixed precision when on a GPU (bf16 where supported, else fp16)
+    loader_worker = 2            # DataLoader worker processes
+    log_frequency = 10           # steps between progress-bar / log lines
+    seed = 0
+    deterministic = False        # deterministic algorithms and data order (exact resume on CPU)
+    device = "auto"              # auto | cpu | cuda
+
+
+class schedule(Section):
+    mult = 1
+    begin_epoch = 0
+    end_epoch = 300
+    warmup_epochs = 1.0          # linear warmup from warmup_factor * lr
+    warmup_factor = 0.001
+    decay = "cosine"             # cosine | step
+    lr_steps = [200, 250]        # epochs at which `step` decay multiplies the lr by lr_gamma
+    lr_gamma = 0.1
+    min_lr_ratio = 0.0           # cosine floor as a fraction of the base lr
+    eval_every = 1               # epochs between evaluations on the val split (0 = never)
+
+
+class optimizer(Section):
+    type = "sgd"                 # sgd | adamw
+    lr = 0.01
+    momentum = 0.9
+    weight_decay = 4e-5
+    clip_grad_norm = 10.0        # 0 = no clipping
+    ema_decay = 0.9998           # EMA of weights used for evaluation (0 = off)
+
+
+class dataset(Section):
+    data = "data/demo.yaml"      # dataset description (see README); --data overrides
+    image_size = 512             # network input is image_size x image_size
+    mean = [0.485, 0.456, 0.406]  # in [0, 1] RGB
+    std = [0.229, 0.224, 0.225]
+    hflip_prob = 0.5
+    scale_min = 0.1              # random scale jitter range when training (EfficientDet: 0.1-2.0)
+    scale_max = 2.0
+
+
+class backbone(Section):
+    type = "timm"
+    name = "tf_efficientnet_b0"  # any timm model with features_only support
+    out_levels = [3, 4, 5]       # pyramid levels taken from the backbone (stride 2**level)
+    drop_path_rate = 0.2
+    pretrained = False           # timm ImageNet weights (needs the hub or a local cache)
+
+
+class neck(Section):
+    type = "bifpn"
+    channels = 64                # W_bifpn = 64 * 1.35**phi, rounded as in the paper
+    repeats = 3                  # D_bifpn = 3 + phi
+    min_level = 3
+    max_level = 7                # P6, P7 are made from P5 by 1x1 conv + max-pool
+    padding = "same"             # "same" = TensorFlow SAME (as in google/automl); "" = symmetric
+
+
+class head(Section):
+    type = "effdet"
+    repeats = 3                  # D_class = 3 + floor(phi / 3)
+
+
+class anchors(Section):
+    scale = 4.0                  # anchor side = scale * stride at aspect ratio 1
+    num_scales = 3               # octave scales 2**(i / num_scales)
+    aspect_ratios = [[1.0, 1.0], [1.4, 0.7], [0.7, 1.4]]  # (w, h) multipliers
+
+
+class loss(Section):
+    focal_alpha = 0.25
+    focal_gamma = 1.5
+    box_loss = "huber"           # huber (on encoded offsets, as EfficientDet) | giou (on decoded boxes)
+    huber_delta = 0.1
+    box_loss_weight = 50.0
+    match_iou = 0.5              # anchors with IoU >= match_iou to a box are positives
+    ignore_iou = 0.4             # anchors with ignore_iou <= IoU < match_iou are ignored
+
+
+class test(Section):
+    batch_image = 8
+    min_det_score = 0.001
+    nms_thresh = 0.5
+    max_det_per_image = 100
+    top_n = 1000                 # candidates kept before NMS (over all levels and classes)

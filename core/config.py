@@ -1,0 +1,230 @@
+"""Strict, SimpleDet-style configuration: plain Python classes, checked field by field.
+
+A config module is an ordinary Python file that defines *section* classes (``General``,
+``schedule``, ``optimizer``, ...). ``config/base.py`` declares every section and every field
+with its default value; an experiment subclasses the sections it changes::
+
+    from config import base
+
+    class General(base.General):
+        name = "effdet_b2"
+
+A field that the base does not declare is an error raised while the module is imported,
+naming the field and the closest declared one. ``--set Section.field=value`` overrides go
+through the same check and must keep the field's type.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+
+class ConfigError(ValueError):
+    """A config module, field or override is invalid; the message says which and how to fix it."""
+
+
+class UnknownFieldError(ConfigError, AttributeError):
+    """Code or a user asked for a field that no section declares."""
+
+
+def _public_fields(namespace: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v
+        for k, v in namespace.items()
+        if not k.startswith("_") and not callable(v) and not isinstance(v, (staticmethod, classmethod, property))
+    }
+
+
+def _nearest(name: str, choices: Iterable[str]) -> str:
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.0)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def _type_ok(default: Any, value: Any) -> bool:
+    """Whether ``value`` may replace ``default``: same type, int for float, anything for None."""
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+class _SectionMeta(type):
+    """Declares fields on direct subclasses of ``Section``; later subclasses may only override."""
+
+    def __new__(mcs, name: str, bases: tuple[type, ...], namespace: dict[str, Any]):
+        cls = super().__new__(mcs, name, bases, namespace)
+        declaring = any(b.__name__ == "Section" and b.__module__ == __name__ for b in bases)
+        if name == "Section" and namespace.get("__module__") == __name__:
+            cls._fields = {}
+            return cls
+        if declaring:
+            cls._fields = dict(_public_fields(namespace))
+            cls._section = name
+            return cls
+        parent_fields: dict[str, Any] = {}
+        for base in bases:
+            parent_fields.update(getattr(base, "_fields", {}))
+        if not parent_fields:
+            return cls
+        for field, value in _public_fields(namespace).items():
+            if field not in parent_fields:
+                raise ConfigError(
+                    f"{namespace.get('__module__', '?')}: unknown field '{cls._section}.{field}'"
+                    f"{_nearest(field, parent_fields)}"
+                )
+            if not _type_ok(parent_fields[field], value):
+                raise ConfigError(
+                    f"{namespace.get('__module__', '?')}: field '{cls._section}.{field}' must be "
+                    f"{type(parent_fields[field]).__name__}, got {value!r}"
+                )
+        cls._fields = parent_fields
+        return cls
+
+
+class Section(metaclass=_SectionMeta):
+    """Base of every config section. Direct subclasses declare fields; their subclasses override."""
+
+    _fields: dict[str, Any]
+    _section: str
+
+
+class Config:
+    """A resolved experiment: one attribute per section, each a plain namespace of values.
+
+    ``cfg.General.batch_image`` reads a field. Values are copies, so overrides applied to one
+    ``Config`` do not leak into the module's classes or another ``Config``.
+    """
+
+    def __init__(self, sections: dict[str, dict[str, Any]], source: str):
+        self._sections = sections
+        self.source = source
+        for name, values in sections.items():
+            setattr(self, name, _Namespace(name, values))
+
+    def section_names(self) -> list[str]:
+        return list(self._sections)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """All sections and values as plain dicts (for saving next to checkpoints)."""
+        return {name: getattr(self, name).as_dict() for name in self._sections}
+
+    def override(self, assignment: str) -> None:
+        """Apply ``Section.field=value``; ``value`` is a Python literal or a bare string."""
+        if "=" not in assignment or "." not in assignment.split("=", 1)[0]:
+            raise ConfigError(f"override '{assignment}' must look like Section.field=value")
+        key, raw = assignment.split("=", 1)
+        section, field = key.strip().split(".", 1)
+        if section not in self._sections:
+            raise ConfigError(f"override '{assignment}': unknown section '{section}'{_nearest(section, self._sections)}")
+        values = getattr(self, section)._values
+        if field not in values:
+            raise ConfigError(f"override '{assignment}': unknown field '{section}.{field}'{_nearest(field, values)}")
+        try:
+            value = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            value = raw.strip()
+        if isinstance(values[field], str) and not isinstance(value, str):
+            value = raw.strip()
+        if not _type_ok(values[field], value):
+            raise ConfigError(
+                f"override '{assignment}': field '{section}.{field}' must be "
+                f"{type(values[field]).__name__}, got {value!r}"
+            )
+        if isinstance(values[field], float) and isinstance(value, int):
+            value = float(value)
+        values[field] = value
+
+    def save(self, path: Path) -> None:
+        """Write the resolved values as JSON (atomically) for the record of a run."""
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps({"source": self.source, "sections": self.to_dict()}, indent=2, default=str))
+        tmp.replace(path)
+
+
+class _Namespace:
+    """One section's values; reading or writing an undeclared field is an error."""
+
+    def __init__(self, section: str, values: dict[str, Any]):
+        object.__setattr__(self, "_name", section)
+        object.__setattr__(self, "_values", values)
+
+    def __getattr__(self, field: str) -> Any:  # called only when normal lookup fails
+        if field.startswith("__"):
+            raise AttributeError(field)
+        values = object.__getattribute__(self, "_values")
+        if field in values:
+            return values[field]
+        raise UnknownFieldError(f"unknown field '{self._name}.{field}'{_nearest(field, values)}")
+
+    def __setattr__(self, field: str, value: Any) -> None:
+        if field not in self._values:
+            raise UnknownFieldError(f"unknown field '{self._name}.{field}'{_nearest(field, self._values)}")
+        self._values[field] = value
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    def __repr__(self) -> str:
+        return f"{self._name}({', '.join(f'{k}={v!r}' for k, v in self._values.items())})"
+
+
+def _collect_sections(module: Any) -> dict[str, dict[str, Any]]:
+    sections: dict[str, dict[str, Any]] = {}
+    for attr in dir(module):
+        obj = getattr(module, attr)
+        if isinstance(obj, type) and issubclass(obj, Section) and obj is not Section and obj._fields:
+            name = obj._section
+            if attr != name:
+                continue  # e.g. `from config import base` re-exports; only the section's own name counts
+            sections[name] = {f: _copy(getattr(obj, f)) for f in obj._fields}
+    return sections
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    return value
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
+    """Import the config module at ``path`` and apply ``Section.field=value`` overrides.
+
+    Raises ``ConfigError`` naming the file for a missing module, an unknown field or a type
+    mismatch. Every section declared in ``config/base.py`` is present in the result.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist; pass a module such as config/effdet_b0.py")
+    root = Path(__file__).resolve().parent.parent
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    module_name = f"_detlab_config_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    from config import base  # the declarations; imported here so symbol/ never needs config/
+
+    sections = _collect_sections(base)
+    for name, values in _collect_sections(module).items():
+        sections[name].update(values)
+    cfg = Config(sections, source=str(path))
+    for assignment in overrides:
+        cfg.override(assignment)
+    return cfg

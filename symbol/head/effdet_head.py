@@ -1,0 +1,61 @@
+"""EfficientDet / RetinaNet-style head: class and box subnets shared across pyramid levels."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from symbol.layers import SeparableConv, batch_norm
+
+
+class SubNet(nn.Module):
+    """``repeats`` separable convs shared over levels, each with its own BatchNorm per level, swish,
+    then a prediction conv with ``num_anchors * num_outputs`` channels.
+
+    ``forward(list of [B, C, H_l, W_l]) -> list of [B, num_anchors * num_outputs, H_l, W_l]``;
+    the channel index is ``anchor * num_outputs + output``.
+    """
+
+    def __init__(self, channels: int, repeats: int, num_levels: int, num_anchors: int, num_outputs: int,
+                 padding: str, prior_bias: float = 0.0):
+        super().__init__()
+        self.convs = nn.ModuleList(SeparableConv(channels, channels, 3, padding=padding, norm=False)
+                                   for _ in range(repeats))
+        self.norms = nn.ModuleList(nn.ModuleList(batch_norm(channels) for _ in range(num_levels))
+                                   for _ in range(repeats))
+        self.predict = SeparableConv(channels, num_anchors * num_outputs, 3, padding=padding, bias=True, norm=False)
+        self.num_outputs = num_outputs
+        for conv in list(self.convs) + [self.predict]:
+            nn.init.normal_(conv.conv_dw.weight, std=math.sqrt(1.0 / 9))
+            nn.init.normal_(conv.conv_pw.weight, std=math.sqrt(1.0 / conv.conv_pw.in_channels))
+        nn.init.constant_(self.predict.conv_pw.bias, prior_bias)
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        outputs = []
+        for level, x in enumerate(features):
+            for conv, norms in zip(self.convs, self.norms):
+                x = nn.functional.silu(norms[level](conv(x)))
+            outputs.append(self.predict(x))
+        return outputs
+
+
+class EfficientDetHead(nn.Module):
+    """Class and box subnets. ``forward(features) -> (class_logits, box_deltas)``, each a list over
+    levels of ``[B, A*num_classes, H_l, W_l]`` and ``[B, A*4, H_l, W_l]``; box channels per anchor
+    are ``(dx, dy, dw, dh)`` in the coding of ``core.box_coder``."""
+
+    def __init__(self, channels: int, repeats: int, num_levels: int, num_anchors: int, num_classes: int,
+                 padding: str = "same", prior_prob: float = 0.01):
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_anchors = num_anchors
+        self.class_net = SubNet(channels, repeats, num_levels, num_anchors, num_classes, padding,
+                                prior_bias=-math.log((1 - prior_prob) / prior_prob))
+        self.box_net = SubNet(channels, repeats, num_levels, num_anchors, 4, padding)
+
+    def forward(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return self.class_net(features), self.box_net(features)
+
+    def stages(self) -> list[tuple[str, nn.Module]]:
+        return [("class_net", self.class_net), ("box_net", self.box_net)]

@@ -1,0 +1,42 @@
+"""Small building blocks shared by necks and heads."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from timm.layers import create_conv2d
+
+
+def batch_norm(channels: int) -> nn.BatchNorm2d:
+    """BatchNorm with TensorFlow's EfficientDet settings (momentum 0.01 in PyTorch terms, eps 1e-3)."""
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
+
+
+class SeparableConv(nn.Module):
+    """Depthwise k x k conv, pointwise 1x1 conv, optional BatchNorm.
+
+    Input ``[B, C_in, H, W]`` -> output ``[B, C_out, H, W]`` (stride 1).
+    ``padding="same"`` reproduces TensorFlow SAME padding; ``""`` pads symmetrically.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, padding: str = "",
+                 bias: bool = False, norm: bool = True):
+        super().__init__()
+        self.conv_dw = create_conv2d(in_channels, in_channels, kernel_size, padding=padding, depthwise=True)
+        self.conv_pw = create_conv2d(in_channels, out_channels, 1, padding=padding, bias=bias)
+        self.bn = batch_norm(out_channels) if norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv_pw(self.conv_dw(x)))
+
+
+class ConvBn(nn.Module):
+    """k x k conv (no bias) followed by BatchNorm; ``[B, C_in, H, W] -> [B, C_out, H/s, W/s]``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1,
+                 padding: str = ""):
+        super().__init__()
+        self.conv = create_conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
+        self.bn = batch_norm(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
