@@ -18,6 +18,7 @@ class General(Section):
     seed = 0
     deterministic = False        # deterministic algorithms and data order (exact resume on CPU)
     device = "auto"              # auto | cpu | cuda
+    keep_checkpoints = 5         # newest epoch checkpoints kept in the run folder (0 = all)
 
 
 class schedule(Section):
@@ -83,8 +84,7 @@ class anchors(Section):
 class loss(Section):
     focal_alpha = 0.25
     focal_gamma = 1.5
-    box_loss = "huber"           # huber (on encoded offsets, as EfficientDet) | giou (on decoded boxes)
-    huber_delta = 0.1
+    huber_delta = 0.1            # box loss: Huber on encoded offsets (core.box_coder), as EfficientDet
     box_loss_weight = 50.0
     match_iou = 0.5              # anchors with IoU >= match_iou to a box are positives
     ignore_iou = 0.4             # anchors with ignore_iou <= IoU < match_iou are ignored

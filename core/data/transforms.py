@@ -1,0 +1,94 @@
+"""Image + box transforms: resize (longer side to S, random scale when training), random crop
+or bottom/right zero padding to S x S, horizontal flip, normalisation.
+
+A transform is a callable ``(PIL image, boxes, labels) -> (image, boxes, labels, scale)`` with
+``boxes`` float32 ``[N, 4]`` xyxy in *original* pixels going in and in *input* pixels coming
+out, ``image`` float32 tensor ``[3, S, S]`` and ``scale`` input pixels per original pixel.
+Randomness comes from torch's RNG (``torch.rand``), so DataLoader worker seeding applies.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+MIN_KEEP_FRACTION = 0.2  # drop a box when less than this fraction of its area survives the crop
+MIN_SIDE = 2.0  # drop a box whose width or height (input px) is below this
+
+
+def _rand(generator: torch.Generator | None) -> float:
+    return float(torch.rand((), generator=generator))
+
+
+class DetectionTransform:
+    """See :func:`build_transform`."""
+
+    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], train: bool,
+                 hflip_prob: float = 0.5, scale_range: tuple[float, float] = (1.0, 1.0),
+                 generator: torch.Generator | None = None) -> None:
+        mean_a, std_a = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
+        if mean_a.shape != (3,) or std_a.shape != (3,) or (std_a <= 0).any():
+            raise ValueError(f"mean and std need 3 values each with std > 0, got {mean}, {std}")
+        if max(mean_a.max(), std_a.max()) <= 1.0:  # given in 0..1 units: convert to 0..255
+            mean_a, std_a = mean_a * 255.0, std_a * 255.0
+        self.mean = torch.from_numpy(mean_a).view(3, 1, 1)
+        self.std = torch.from_numpy(std_a).view(3, 1, 1)
+        self.size, self.train = int(image_size), bool(train)
+        self.hflip_prob, self.scale_range = float(hflip_prob), (float(scale_range[0]), float(scale_range[1]))
+        self.generator = generator
+
+    def __call__(self, image: Image.Image, boxes: np.ndarray, labels: np.ndarray
+                 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, float]:
+        S = self.size
+        w, h = image.size
+        target = S
+        if self.train and self.scale_range[1] != self.scale_range[0]:
+            lo, hi = self.scale_range
+            target = S * (lo + (hi - lo) * _rand(self.generator))
+        scale = target / max(w, h)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        image = image.resize((nw, nh), Image.BILINEAR)
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * np.float32(scale)
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        area0 = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+        x0 = y0 = 0
+        if self.train and (nw > S or nh > S):
+            x0 = int(torch.randint(0, max(nw - S, 0) + 1, (), generator=self.generator))
+            y0 = int(torch.randint(0, max(nh - S, 0) + 1, (), generator=self.generator))
+            image = image.crop((x0, y0, x0 + min(nw, S), y0 + min(nh, S)))
+        cw, ch = image.size
+        boxes = boxes - np.array([x0, y0, x0, y0], dtype=np.float32)
+        boxes = np.clip(boxes, 0, np.array([cw, ch, cw, ch], dtype=np.float32))
+
+        if self.train and self.hflip_prob > 0 and _rand(self.generator) < self.hflip_prob:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+            boxes = np.stack([cw - boxes[:, 2], boxes[:, 1], cw - boxes[:, 0], boxes[:, 3]], axis=1)
+
+        bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        keep = (bw >= MIN_SIDE) & (bh >= MIN_SIDE) & (bw * bh >= MIN_KEEP_FRACTION * area0)
+        boxes, labels = boxes[keep].astype(np.float32), labels[keep]
+
+        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+        out = torch.zeros(3, S, S, dtype=torch.float32)
+        out[:, :ch, :cw] = (pixels.float() - self.mean) / self.std
+        return out, boxes, labels, float(scale)
+
+
+def build_transform(image_size: int, mean: Sequence[float], std: Sequence[float], train: bool,
+                    hflip_prob: float = 0.5, scale_range: tuple[float, float] = (1.0, 1.0),
+                    generator: torch.Generator | None = None) -> DetectionTransform:
+    """Transform for training (``train=True``: random scale, random crop, flip) or evaluation.
+
+    The longer image side is resized (PIL bilinear) to ``image_size * s``, ``s`` uniform in
+    ``scale_range`` when training, else 1. When training and the result exceeds
+    ``image_size``, a random ``image_size`` crop is taken; the picture is then placed at the
+    top-left of an ``image_size`` square, padded bottom/right with zeros after normalisation.
+    Boxes (xyxy, original px in, input px out) follow the image, are clipped to the crop, and
+    dropped when their width or height is below 2 px or under 20% of their area remains.
+    ``mean``/``std`` are per RGB channel, in 0..1 units (values above 1 are taken as 0..255
+    units). Randomness uses ``generator`` or, by default, torch's global RNG.
+    """
+    return DetectionTransform(image_size, mean, std, train, hflip_prob, scale_range, generator)

@@ -1,0 +1,62 @@
+"""torch.distributed set-up for runs under ``torchrun`` (one process per GPU, or gloo on CPU)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+@dataclass
+class DistInfo:
+    """This process's place in the job: ``rank`` of ``world_size``; ``is_main`` for rank 0."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init() -> DistInfo:
+    """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE``,
+    ``RANK``, ``MASTER_ADDR``...); NCCL on GPUs, gloo on CPUs. A plain ``python`` run is rank 0 of 1."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    return DistInfo(dist.get_rank(), dist.get_world_size())
+
+
+def wrap(model: nn.Module, device: torch.device, info: DistInfo) -> nn.Module:
+    """``model`` itself in a single process, else DistributedDataParallel around it."""
+    if info.world_size == 1:
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def averager(info: DistInfo) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """A function giving the mean of a tensor over all processes, or ``None`` in a single process."""
+    if info.world_size == 1:
+        return None
+
+    def average(value: torch.Tensor) -> torch.Tensor:
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        return value / info.world_size
+
+    return average
+
+
+def barrier(info: DistInfo) -> None:
+    if info.world_size > 1:
+        dist.barrier()

@@ -1,0 +1,48 @@
+"""Running a detector over a loader and scoring it with pycocotools."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from core.engine.runtime import autocast
+from core.evaluation import EvalResult, evaluate, to_coco_results
+from core.postprocess import Detections
+from core.task import DetectionTask
+
+
+@torch.no_grad()
+def predict_batches(model: nn.Module, task: DetectionTask, batches: Iterable[tuple[torch.Tensor, list[dict]]],
+                    device: torch.device, amp: bool = False,
+                    progress: bool = False) -> dict[int, Detections]:
+    """Detections per ``image_id``, boxes xyxy in *original* image pixels.
+
+    ``batches`` yields ``(images [B, 3, S, S], targets)`` as ``core.data.loader`` makes them; only the
+    targets' ``image_id``, ``scale`` and ``orig_size`` are used.
+    """
+    model.eval()
+    out: dict[int, Detections] = {}
+    for images, targets in tqdm(batches, desc="eval", disable=not progress, leave=False):
+        images = images.to(device, non_blocking=True)
+        with autocast(device, amp):
+            outputs = model(images)
+        for det, t in zip(task.detect(outputs, images), targets):
+            out[t["image_id"]] = det.rescale(t["scale"], t["orig_size"]).to_cpu()
+    return out
+
+
+def coco_results(detections: dict[int, Detections], category_ids: list[int]) -> list[dict[str, Any]]:
+    """COCO results json entries (bbox xywh original pixels) for every image's detections."""
+    results: list[dict[str, Any]] = []
+    for image_id, det in detections.items():
+        results += to_coco_results(image_id, det.boxes, det.scores, det.labels, category_ids)
+    return results
+
+
+def evaluate_detections(detections: dict[int, Detections], coco_gt: Any, class_names: list[str],
+                        category_ids: list[int]) -> tuple[EvalResult, list[dict[str, Any]]]:
+    """pycocotools metrics of ``detections`` against ``coco_gt``; also returns the results json list."""
+    results = coco_results(detections, category_ids)
+    return evaluate(coco_gt, results, class_names, category_ids), results

@@ -1,0 +1,68 @@
+"""Loading a trained detector and testing it on a dataset split."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, load_latest
+from core.config import Config
+from core.engine.runtime import run_dir
+from core.task import DetectionTask
+from symbol.builder import build_detector
+
+
+@dataclass
+class TrainedModel:
+    """A network with trained weights and what it was trained on."""
+
+    model: nn.Module
+    task: DetectionTask
+    class_names: list[str]
+    category_ids: list[int]
+    source: Path
+
+
+def find_weights(cfg: Config, epoch: int | None = None, weights: str | None = None) -> Path:
+    """``weights`` if given, else the run's checkpoint of ``epoch``, else its newest checkpoint."""
+    if weights:
+        return Path(weights)
+    out = run_dir(cfg)
+    if epoch is not None:
+        return checkpoint_path(out, epoch)
+    found = load_latest(out)
+    if found is None:
+        raise CheckpointError(f"no checkpoint in {out}; train first (python detection_train.py --config "
+                              f"{cfg.source}) or pass --weights FILE")
+    return found[1]
+
+
+def load_trained(cfg: Config, path: Path, device: torch.device) -> TrainedModel:
+    """Build ``cfg``'s network for the checkpoint's classes and load its weights (EMA when saved)."""
+    state = load_checkpoint(path, map_location="cpu")
+    class_names = state.get("class_names")
+    if not class_names:
+        raise CheckpointError(f"checkpoint '{path}' has no class_names; it was not written by detection_train.py")
+    model = build_detector(cfg, len(class_names))
+    weights = state["ema"] if state.get("ema") is not None else state["model"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint '{path}' does not fit config {cfg.source}: {str(err).splitlines()[0]} "
+                              "(was it trained with another backbone/neck/head?)") from None
+    model.to(device).eval()
+    return TrainedModel(model, DetectionTask(cfg, model.levels, len(class_names)), list(class_names),
+                        list(state["category_ids"]), Path(path))
+
+
+def write_json(obj: Any, path: Path) -> None:
+    """Write ``obj`` as JSON atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj))
+    tmp.replace(path)

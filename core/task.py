@@ -1,0 +1,58 @@
+"""What turns a network's raw outputs into a loss or detections: anchors, matching, coding."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from core.anchors import AnchorGenerator, flatten_levels
+from core.loss import assign, detection_loss
+from core.postprocess import Detections, postprocess
+
+
+class DetectionTask:
+    """Loss and post-processing for an anchor-based one-stage detector.
+
+    Built from the config's ``anchors``, ``loss`` and ``test`` sections; holds no weights, so the
+    same task serves a plain, an EMA and a DistributedDataParallel-wrapped network alike.
+    """
+
+    def __init__(self, cfg: Any, levels: list[int], num_classes: int):
+        a = cfg.anchors
+        self.anchors = AnchorGenerator(levels, a.scale, a.num_scales, a.aspect_ratios)
+        self.loss_cfg = cfg.loss
+        self.test_cfg = cfg.test
+        self.num_classes = num_classes
+
+    def _flat(self, outputs: tuple[list[torch.Tensor], list[torch.Tensor]], images: torch.Tensor):
+        class_logits = flatten_levels(outputs[0], self.num_classes)
+        box_deltas = flatten_levels(outputs[1], 4)
+        anchors = self.anchors(tuple(images.shape[-2:]), images.device)
+        if anchors.shape[0] != class_logits.shape[1]:
+            raise RuntimeError(f"network gives {class_logits.shape[1]} anchor positions, anchors {anchors.shape[0]}: "
+                               "check neck.min_level/max_level against the head's levels")
+        return class_logits, box_deltas, anchors
+
+    def loss(self, outputs: tuple[list[torch.Tensor], list[torch.Tensor]], images: torch.Tensor,
+             targets: list[dict[str, Any]],
+             average: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Training loss for a batch. ``images`` ``[B, 3, H, W]`` (only its shape is used);
+        ``targets[i]["boxes"]`` ``[G_i, 4]`` xyxy input pixels, ``["labels"]`` ``[G_i]``.
+        ``average`` maps this process's count of positive anchors to the mean over processes, so
+        that every process normalises by the same number (distributed training)."""
+        class_logits, box_deltas, anchors = self._flat(outputs, images)
+        c = self.loss_cfg
+        assignment = assign(anchors, [t["boxes"].to(anchors.device) for t in targets],
+                            [t["labels"].to(anchors.device) for t in targets], c.match_iou, c.ignore_iou)
+        num_positives = (assignment.labels >= 0).sum()
+        if average is not None:
+            num_positives = average(num_positives.float())
+        return detection_loss(class_logits, box_deltas, anchors, assignment, c.focal_alpha, c.focal_gamma,
+                              c.huber_delta, c.box_loss_weight, num_positives)
+
+    def detect(self, outputs: tuple[list[torch.Tensor], list[torch.Tensor]], images: torch.Tensor) -> list[Detections]:
+        """Detections per image, boxes xyxy in input pixels of ``images`` ``[B, 3, H, W]``."""
+        class_logits, box_deltas, anchors = self._flat(outputs, images)
+        t = self.test_cfg
+        return postprocess(class_logits, box_deltas, anchors, tuple(images.shape[-2:]), t.top_n,
+                           t.min_det_score, t.nms_thresh, t.max_det_per_image)
