@@ -58,6 +58,8 @@ class Trainer:
         seed_everything(g.seed + self.dist.rank, g.deterministic)
         self.out = run_dir(cfg)
         self.amp = bool(g.fp16) and self.device.type == "cuda"
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
 
         self.spec: DatasetSpec = load_dataset_spec(cfg.dataset.data)
         train_records = read_split(self.spec, "train")
@@ -157,7 +159,6 @@ class Trainer:
         """Train from the current epoch to ``schedule.end_epoch``; returns the last evaluation's stats."""
         cfg = self.cfg
         if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
             cfg.save(self.out / "config.json")
             shutil.copyfile(cfg.source, self.out / "config.py")
         self._print(f"training {cfg.General.name}: {len(self.train_loader.dataset)} images, "
