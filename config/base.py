@@ -51,6 +51,7 @@ class dataset(Section):
     hflip_prob = 0.5
     scale_min = 0.1              # random scale jitter range when training (EfficientDet: 0.1-2.0)
     scale_max = 2.0
+    skip_bad_images = False      # True: images that fail to decode are skipped and counted, not fatal
 
 
 class backbone(Section):
@@ -59,6 +60,10 @@ class backbone(Section):
     out_levels = [3, 4, 5]       # pyramid levels taken from the backbone (stride 2**level)
     drop_path_rate = 0.2
     pretrained = False           # timm ImageNet weights (needs the hub or a local cache)
+    head_conv = 0                # timm: 1x1 conv+BN+swish on the coarsest map to this many channels (EfficientNet's
+                                 # conv_head, 1280 x width, as the YOLOv4-EfficientNet tables); 0 = none
+    depth_multiple = 1.0         # csp_darknet: block repeats x this, rounded, >= 1 (YOLOv4-L 1.0, YOLOv4-S 0.33)
+    width_multiple = 1.0         # csp_darknet: widths x this, rounded up to a multiple of 8 (YOLOv4-L 1.0, -S 0.5)
 
 
 class neck(Section):
@@ -68,6 +73,8 @@ class neck(Section):
     min_level = 3
     max_level = 7                # P6, P7 are made from P5 by 1x1 conv + max-pool
     padding = "same"             # "same" = TensorFlow SAME (as in google/automl); "" = symmetric
+    pan_channels = 512           # yolo_pan: SPPCSP / top-level width; each finer level has half (YOLOv4-L 512, -S 256)
+    pan_repeats = 2              # yolo_pan: bottlenecks in each BottleneckCSP2 of the PAN (YOLOv4-L 2, -S 1)
 
 
 class head(Section):
@@ -79,6 +86,8 @@ class anchors(Section):
     scale = 4.0                  # anchor side = scale * stride at aspect ratio 1
     num_scales = 3               # octave scales 2**(i / num_scales)
     aspect_ratios = [[1.0, 1.0], [1.4, 0.7], [0.7, 1.4]]  # (w, h) multipliers
+    yolo = [[12, 16, 19, 36, 40, 28], [36, 75, 76, 55, 72, 146], [142, 110, 192, 243, 459, 401]]  # yolo head:
+                                 # w, h pairs in input pixels, one row per output level, finest first (YOLOv4 COCO)
 
 
 class loss(Section):
@@ -88,6 +97,11 @@ class loss(Section):
     box_loss_weight = 50.0
     match_iou = 0.5              # anchors with IoU >= match_iou to a box are positives
     ignore_iou = 0.4             # anchors with ignore_iou <= IoU < match_iou are ignored
+    yolo_box_weight = 0.05       # yolo: CIoU box loss gain (x 3 / output layers)
+    yolo_obj_weight = 1.0        # yolo: objectness BCE gain (x 3 / output layers)
+    yolo_cls_weight = 0.5        # yolo: class BCE gain (x num_classes / 80 x 3 / output layers)
+    yolo_anchor_t = 4.0          # yolo: a box matches an anchor when its w and h are within this factor of it
+    yolo_obj_balance = [4.0, 1.0, 0.4]  # yolo: objectness weight per output layer, finest first
 
 
 class test(Section):

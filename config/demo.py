@@ -14,9 +14,9 @@ class General(base.General):
 
 
 class schedule(base.schedule):
-    end_epoch = 12
+    end_epoch = 10
     warmup_epochs = 0.5
-    eval_every = 3
+    eval_every = 2
 
 
 class optimizer(base.optimizer):
@@ -35,6 +35,10 @@ class dataset(base.dataset):
 
 class backbone(base.backbone):
     drop_path_rate = 0.0
+
+
+class anchors(base.anchors):
+    scale = 2.0                  # smallest anchor 16 px: the demo's objects start at 12 px in 256 px images
 
 
 class test(base.test):

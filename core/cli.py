@@ -30,12 +30,16 @@ def run_main(main: Callable[[], int | None]) -> None:
     """Run ``main``; user errors (bad config, dataset, checkpoint) exit 2 with one clear line."""
     from core.checkpoint import CheckpointError
     from core.data.records import DatasetError
+    from core.engine.signals import TrainingInterrupted
 
     try:
         sys.exit(main() or 0)
     except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except TrainingInterrupted as err:
+        print(str(err), file=sys.stderr)
+        sys.exit(130)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -1,13 +1,17 @@
 """What turns a network's raw outputs into a loss or detections: anchors, matching, coding."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
+from torch import nn
 
 from core.anchors import AnchorGenerator, flatten_levels
 from core.loss import assign, detection_loss
 from core.postprocess import Detections, postprocess
+
+if TYPE_CHECKING:
+    from core.yolo import YoloTask
 
 
 class DetectionTask:
@@ -56,3 +60,18 @@ class DetectionTask:
         t = self.test_cfg
         return postprocess(class_logits, box_deltas, anchors, tuple(images.shape[-2:]), t.top_n,
                            t.min_det_score, t.nms_thresh, t.max_det_per_image)
+
+
+def build_task(cfg: Any, model: nn.Module) -> DetectionTask | YoloTask:
+    """The loss / post-processing object for ``model`` (built by ``symbol.builder`` from ``cfg``):
+    :class:`DetectionTask` for ``head.type == "effdet"``, ``core.yolo.YoloTask`` for ``"yolo"``.
+    Both offer ``loss(outputs, images, targets, average=None) -> dict`` (``loss`` and its parts) and
+    ``detect(outputs, images) -> list[Detections]`` (boxes in input pixels)."""
+    model = getattr(model, "module", model)  # DistributedDataParallel / EMA wrappers
+    if cfg.head.type == "effdet":
+        return DetectionTask(cfg, model.levels, model.num_classes)
+    if cfg.head.type == "yolo":
+        from core.yolo import YoloTask
+
+        return YoloTask(cfg, model.levels, model.num_classes)
+    raise ValueError(f"no task for head.type '{cfg.head.type}'; choose effdet or yolo")

@@ -11,6 +11,7 @@ import torch
 
 from core.checkpoint import list_checkpoints, load_checkpoint
 from core.config import load_config
+from core.engine.signals import StopSignals
 from core.engine.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +78,7 @@ def test_resume_matches_uninterrupted_run(tiny_data: Path, tmp_path: Path) -> No
     first = load_config(ROOT / "config/demo.py", tiny_overrides(tiny_data, tmp_path, "resumed", 1)
                         + ["schedule.eval_every=0", "schedule.end_epoch=2"])
     trainer = Trainer(first)
-    trainer._train_epoch()  # one epoch, then "crash" after its checkpoint
+    trainer._train_epoch(StopSignals())  # one epoch, then "crash" after its checkpoint
     trainer.epoch += 1
     trainer._save()
     del trainer

@@ -39,14 +39,17 @@ class DetectionTransform:
         self.hflip_prob, self.scale_range = float(hflip_prob), (float(scale_range[0]), float(scale_range[1]))
         self.generator = generator
 
-    def __call__(self, image: Image.Image, boxes: np.ndarray, labels: np.ndarray
-                 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, float]:
+    def __call__(self, image: Image.Image, boxes: np.ndarray, labels: np.ndarray,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray, float]:
+        """Transform one sample; randomness from ``generator``, else the one given at construction,
+        else torch's global RNG."""
+        gen = generator if generator is not None else self.generator
         S = self.size
         w, h = image.size
         target = S
         if self.train and self.scale_range[1] != self.scale_range[0]:
             lo, hi = self.scale_range
-            target = S * (lo + (hi - lo) * _rand(self.generator))
+            target = S * (lo + (hi - lo) * _rand(gen))
         scale = target / max(w, h)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
         image = image.resize((nw, nh), Image.BILINEAR)
@@ -56,14 +59,14 @@ class DetectionTransform:
 
         x0 = y0 = 0
         if self.train and (nw > S or nh > S):
-            x0 = int(torch.randint(0, max(nw - S, 0) + 1, (), generator=self.generator))
-            y0 = int(torch.randint(0, max(nh - S, 0) + 1, (), generator=self.generator))
+            x0 = int(torch.randint(0, max(nw - S, 0) + 1, (), generator=gen))
+            y0 = int(torch.randint(0, max(nh - S, 0) + 1, (), generator=gen))
             image = image.crop((x0, y0, x0 + min(nw, S), y0 + min(nh, S)))
         cw, ch = image.size
         boxes = boxes - np.array([x0, y0, x0, y0], dtype=np.float32)
         boxes = np.clip(boxes, 0, np.array([cw, ch, cw, ch], dtype=np.float32))
 
-        if self.train and self.hflip_prob > 0 and _rand(self.generator) < self.hflip_prob:
+        if self.train and self.hflip_prob > 0 and _rand(gen) < self.hflip_prob:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
             boxes = np.stack([cw - boxes[:, 2], boxes[:, 1], cw - boxes[:, 0], boxes[:, 3]], axis=1)
 

@@ -60,3 +60,17 @@ def averager(info: DistInfo) -> Callable[[torch.Tensor], torch.Tensor] | None:
 def barrier(info: DistInfo) -> None:
     if info.world_size > 1:
         dist.barrier()
+
+
+def all_true(flag: bool, info: DistInfo) -> bool:
+    """Whether ``flag`` holds in every process (so that all processes take the same branch)."""
+    if info.world_size == 1:
+        return flag
+    value = torch.tensor([0 if flag else 1], dtype=torch.int64)
+    dist.all_reduce(value)
+    return int(value.item()) == 0
+
+
+def any_true(flag: bool, info: DistInfo) -> bool:
+    """Whether ``flag`` holds in at least one process."""
+    return not all_true(not flag, info)

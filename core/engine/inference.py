@@ -25,7 +25,7 @@ def predict_batches(model: nn.Module, task: DetectionTask, batches: Iterable[tup
     model.eval()
     out: dict[int, Detections] = {}
     for images, targets in tqdm(batches, desc="eval", disable=not progress, leave=False):
-        images = images.to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
         with autocast(device, amp):
             outputs = model(images)
         for det, t in zip(task.detect(outputs, images), targets):

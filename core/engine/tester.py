@@ -12,7 +12,7 @@ from torch import nn
 from core.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, load_latest
 from core.config import Config
 from core.engine.runtime import run_dir
-from core.task import DetectionTask
+from core.task import DetectionTask, build_task
 from symbol.builder import build_detector
 
 
@@ -55,7 +55,7 @@ def load_trained(cfg: Config, path: Path, device: torch.device) -> TrainedModel:
         raise CheckpointError(f"checkpoint '{path}' does not fit config {cfg.source}: {str(err).splitlines()[0]} "
                               "(was it trained with another backbone/neck/head?)") from None
     model.to(device).eval()
-    return TrainedModel(model, DetectionTask(cfg, model.levels, len(class_names)), list(class_names),
+    return TrainedModel(model, build_task(cfg, model), list(class_names),
                         list(state["category_ids"]), Path(path))
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm import tqdm
 
-from core.checkpoint import checkpoint_path, list_checkpoints, load_latest, save_checkpoint
+from core.checkpoint import (CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint, load_latest,
+                             save_checkpoint)
 from core.config import Config
 from core.data.loader import build_loader
 from core.data.spec import DatasetSpec, load_dataset_spec, read_split
@@ -24,8 +24,12 @@ from core.engine.inference import evaluate_detections, predict_batches
 from core.engine.runtime import autocast, needs_grad_scaler, run_dir, seed_everything, select_device
 from core.evaluation import coco_ground_truth
 from core.schedule import lr_factor
-from core.task import DetectionTask
+from core.engine.signals import StopSignals, TrainingInterrupted
+from core.task import build_task
 from symbol.builder import build_detector
+
+INTERRUPTED = "interrupted.pt"  # checkpoint written when a run is stopped by a signal mid-epoch
+NONFINITE_LIMIT = 5  # consecutive non-finite losses after which a run stops
 
 
 def build_optimizer(model: nn.Module, opt: Any) -> torch.optim.Optimizer:
@@ -65,17 +69,16 @@ class Trainer:
         train_records = read_split(self.spec, "train")
         self.val_records = read_split(self.spec, "val") if "val" in self.spec.splits else []
         self.train_loader = build_loader(cfg, train_records, train=True, batch_size=g.batch_image, seed=g.seed,
-                                         distributed=self.dist.world_size > 1)
+                                         rank=self.dist.rank, world_size=self.dist.world_size)
         self.val_loader = build_loader(cfg, self.val_records, train=False, batch_size=cfg.test.batch_image)
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
             raise ValueError(f"{self.spec.path}: {len(train_records)} training images are fewer than one batch "
                              f"(General.batch_image = {g.batch_image} per process x {self.dist.world_size})")
 
-        self.model = build_detector(cfg, self.spec.num_classes).to(self.device)
-        if self.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.task = DetectionTask(cfg, self.model.levels, self.spec.num_classes)
+        # channels_last is faster for these convnets on GPUs and on CPUs alike
+        self.model = build_detector(cfg, self.spec.num_classes).to(self.device, memory_format=torch.channels_last)
+        self.task = build_task(cfg, self.model)
         self.optimizer = build_optimizer(self.model, cfg.optimizer)
         self.ema = ModelEmaV3(self.model, decay=cfg.optimizer.ema_decay, use_warmup=True) \
             if cfg.optimizer.ema_decay > 0 else None
@@ -83,6 +86,9 @@ class Trainer:
         self.net = distributed.wrap(self.model, self.device, self.dist)
         self.epoch = cfg.schedule.begin_epoch
         self.step = self.epoch * self.steps_per_epoch
+        self.nonfinite_in_row = 0
+        self.skipped_images = 0
+        self.train_records_by_id = {r.image_id: r for r in train_records}
         if resume:
             self._resume()
 
@@ -97,6 +103,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "config": self.cfg.to_dict(),
+            "skipped_images": self.skipped_images,
             "class_names": self.spec.class_names,
             "category_ids": self.spec.category_ids,
             "rng": {"torch": torch.get_rng_state(),
@@ -105,6 +112,14 @@ class Trainer:
 
     def _resume(self) -> None:
         found = load_latest(self.out, map_location="cpu", warn=self._print)
+        interrupted = self.out / INTERRUPTED
+        if interrupted.exists():
+            try:
+                state = load_checkpoint(interrupted)
+                if found is None or state["step"] > found[0]["step"]:
+                    found = state, interrupted
+            except CheckpointError as err:
+                self._print(f"warning: {err}; using the epoch checkpoints instead")
         if found is None:
             self._print(f"no checkpoint in {self.out} to resume from; starting at epoch {self.epoch}")
             return
@@ -118,6 +133,7 @@ class Trainer:
         if state["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.epoch, self.step = state["epoch"], state["step"]
+        self.skipped_images = state.get("skipped_images", 0)
         self._truncate_log(self.step)
         self._print(f"resumed from {path} (epoch {self.epoch}, step {self.step})")
 
@@ -145,10 +161,15 @@ class Trainer:
                 continue
         log.write_text("".join(k + "\n" for k in kept))
 
+    def _save_interrupted(self) -> None:
+        if self.dist.is_main:
+            save_checkpoint(self.state(), self.out / INTERRUPTED)
+
     def _save(self) -> None:
         if not self.dist.is_main:
             return
         save_checkpoint(self.state(), checkpoint_path(self.out, self.epoch))
+        (self.out / INTERRUPTED).unlink(missing_ok=True)  # superseded by the epoch checkpoint
         keep = self.cfg.General.keep_checkpoints
         if keep > 0:
             for _, old in list_checkpoints(self.out)[:-keep]:
@@ -156,7 +177,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, float]:
-        """Train from the current epoch to ``schedule.end_epoch``; returns the last evaluation's stats."""
+        """Train from the current step to ``schedule.end_epoch``; returns the last evaluation's stats.
+
+        SIGINT / SIGTERM finish the current step, save ``interrupted.pt`` (resumable with
+        ``--resume``) and raise :class:`TrainingInterrupted`; a second signal stops at once.
+        """
         cfg = self.cfg
         if self.dist.is_main:
             cfg.save(self.out / "config.json")
@@ -166,13 +191,14 @@ class Trainer:
                     f"{self.dist.world_size} process(es) -> {self.out}")
         stats: dict[str, float] = {}
         end = cfg.schedule.end_epoch
-        while self.epoch < end:
-            self._train_epoch()
-            self.epoch += 1
-            every = cfg.schedule.eval_every
-            if self.val_records and every > 0 and (self.epoch % every == 0 or self.epoch == end):
-                stats = self.evaluate()
-            self._save()
+        with StopSignals() as stop:
+            while self.epoch < end:
+                self._train_epoch(stop)
+                self.epoch += 1
+                every = cfg.schedule.eval_every
+                if self.val_records and every > 0 and (self.epoch % every == 0 or self.epoch == end):
+                    stats = self.evaluate()
+                self._save()
         if self.dist.is_main:
             from core.plot import plot_runs
 
@@ -181,53 +207,76 @@ class Trainer:
         distributed.barrier(self.dist)
         return stats
 
-    def _train_epoch(self) -> None:
+    def _train_epoch(self, stop: "StopSignals") -> None:
         cfg, g = self.cfg, self.cfg.General
         self.net.train()
-        self.train_loader.generator.manual_seed(g.seed + self.epoch)
-        if hasattr(self.train_loader.sampler, "set_epoch"):
-            self.train_loader.sampler.set_epoch(self.epoch)
+        done_in_epoch = self.step - self.epoch * self.steps_per_epoch  # > 0 when resuming mid-epoch
+        self.train_loader.sampler.set_epoch(self.epoch, done_in_epoch * g.batch_image)
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{cfg.schedule.end_epoch}",
+                   initial=done_in_epoch, total=self.steps_per_epoch,
                    disable=not self.dist.is_main, dynamic_ncols=True, file=sys.stderr)
         window: dict[str, float] = {}
         window_n, window_start = 0, time.perf_counter()
         for images, targets in bar:
-            lr = cfg.optimizer.lr * lr_factor(self.step, self.steps_per_epoch, cfg.schedule)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            images = images.to(self.device, non_blocking=True)
-            if self.device.type == "cuda":
-                images = images.to(memory_format=torch.channels_last)
-            with autocast(self.device, self.amp):
-                outputs = self.net(images)
-            losses = self.task.loss(outputs, images, targets, average=distributed.averager(self.dist))
-            loss = losses["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite loss {loss.item()} at step {self.step} (images {[t['image_id'] for t in targets]}); "
-                    f"lower optimizer.lr or check these images' boxes")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if cfg.optimizer.clip_grad_norm > 0:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optimizer.clip_grad_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.ema:
-                self.ema.update(self.model, step=self.step)
+            self.skipped_images += getattr(targets, "skipped", 0)
+            if len(targets):
+                losses = self._step(images, targets)
+                if losses is not None:
+                    for k, v in losses.items():
+                        window[k] = window.get(k, 0.0) + v
+                    window_n += 1
             self.step += 1
-
-            for k, v in losses.items():
-                window[k] = window.get(k, 0.0) + float(v.detach())
-            window_n += 1
-            if window_n == g.log_frequency or bar.n + 1 == self.steps_per_epoch:
+            if window_n and (window_n >= g.log_frequency or bar.n + 1 >= self.steps_per_epoch):
                 elapsed = time.perf_counter() - window_start
                 row = {k: v / window_n for k, v in window.items()}
                 ips = window_n * images.shape[0] * self.dist.world_size / max(elapsed, 1e-9)
+                lr = self.optimizer.param_groups[0]["lr"]
                 self._log({"kind": "train", "epoch": self.epoch + 1, "step": self.step, **row, "lr": lr,
-                           "images_per_s": ips})
+                           "images_per_s": ips, "skipped_images": self.skipped_images})
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
                 window, window_n, window_start = {}, 0, time.perf_counter()
+            if distributed.any_true(stop.requested, self.dist):
+                bar.close()
+                self._save_interrupted()
+                raise TrainingInterrupted(
+                    f"stopped by {stop.signal_name} at epoch {self.epoch + 1}, step {self.step}; state saved to "
+                    f"{self.out / INTERRUPTED}; continue with: python detection_train.py --config {cfg.source} --resume")
+        if self.skipped_images:
+            self._print(f"epoch {self.epoch + 1}: {self.skipped_images} unreadable images skipped so far "
+                        "(dataset.skip_bad_images)")
+
+    def _step(self, images: torch.Tensor, targets: list[dict[str, Any]]) -> dict[str, float] | None:
+        """One optimisation step; ``None`` when the loss was not finite and the step was skipped."""
+        cfg = self.cfg
+        lr = cfg.optimizer.lr * lr_factor(self.step, self.steps_per_epoch, cfg.schedule)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        images = images.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+        with autocast(self.device, self.amp):
+            outputs = self.net(images)
+        losses = self.task.loss(outputs, images, targets, average=distributed.averager(self.dist))
+        loss = losses["loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        if not distributed.all_true(bool(torch.isfinite(loss)), self.dist):
+            self.nonfinite_in_row += 1
+            names = [Path(self.train_records_by_id[t["image_id"]].file_name).name for t in targets]
+            self._print(f"warning: non-finite loss at step {self.step} ({self.nonfinite_in_row} in a row); "
+                        f"step skipped; images: {', '.join(names)}")
+            if self.nonfinite_in_row >= NONFINITE_LIMIT:
+                raise FloatingPointError(
+                    f"{NONFINITE_LIMIT} non-finite losses in a row (last at step {self.step}); stopping. The last "
+                    f"good checkpoint in {self.out} is intact: lower optimizer.lr or check the images named above")
+            return None
+        self.nonfinite_in_row = 0
+        self.scaler.scale(loss).backward()
+        if cfg.optimizer.clip_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optimizer.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema:
+            self.ema.update(self.model, step=self.step)
+        return {k: float(v.detach()) for k, v in losses.items()}
 
     def evaluate(self) -> dict[str, float]:
         """COCO metrics of the EMA (or plain) weights on the val split; logged and returned (rank 0)."""
