@@ -2,12 +2,29 @@
 
     python detection_test.py --config config/effdet_b0.py [--epoch N | --weights FILE] [--vis DIR]
     python detection_test.py --config config/effdet_b0.py --results FILE.json   # score existing results
+    python detection_test.py --config config/effdet_b0.py --tta flip,0.8,1.2 --ensemble runs/b/epoch_0300.pt@config/b.py
+
+--tta runs extra passes (mirrored and / or rescaled inputs) and fuses them per image with weighted
+boxes fusion; --ensemble adds other checkpoints (each with its embedded config, or CONFIG after
+'@') whose detections are fused with this model's by WBF. Both print the single model's AP next to
+theirs and write results_<split>_tta.json / results_<split>_ensemble.json.
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from core.cli import config_parser, load_from_args, run_main
+
+if TYPE_CHECKING:  # the heavy imports stay inside main()
+    import torch
+
+    from core.config import Config
+    from core.data.records import ImageRecord
+    from core.engine.tester import TrainedModel
+    from core.evaluation import EvalResult
+    from core.postprocess import Detections
 
 
 def main() -> int:
@@ -18,8 +35,31 @@ def main() -> int:
     parser.add_argument("--results", help="evaluate this COCO results json instead of running a model")
     parser.add_argument("--vis", metavar="DIR", help="save images with their detections drawn into DIR")
     parser.add_argument("--vis-score", type=float, default=0.3, help="lowest score drawn with --vis")
+    parser.add_argument("--tta", metavar="SPEC", help="test-time augmentation: 'flip', scales such as '0.8,1.2', "
+                        "or both ('flip,0.8,1.2'); passes are fused by WBF")
+    parser.add_argument("--ensemble", nargs="+", metavar="WEIGHTS[@CONFIG]", default=[],
+                        help="extra checkpoints fused with this model by WBF (config: embedded, or after '@')")
+    parser.add_argument("--ensemble-weights", metavar="W1,W2,...", help="WBF weight per model, this one first "
+                        "(default: all 1)")
+    parser.add_argument("--wbf-iou", type=float, default=0.55, help="IoU above which WBF joins boxes (default 0.55)")
     args = parser.parse_args()
     cfg = load_from_args(args)
+    if args.results and (args.tta or args.ensemble):
+        parser.error("--tta and --ensemble run models; they cannot be combined with --results")
+    if args.tta:
+        from core.ensemble import TTAPlan
+        try:
+            TTAPlan.parse(args.tta)
+        except ValueError as err:
+            parser.error(str(err))
+    if args.ensemble_weights:
+        try:
+            weights = [float(w) for w in args.ensemble_weights.split(",")]
+        except ValueError:
+            parser.error(f"--ensemble-weights '{args.ensemble_weights}' must be comma-separated numbers")
+        if len(weights) != 1 + len(args.ensemble) or min(weights) <= 0:
+            parser.error(f"--ensemble-weights needs {1 + len(args.ensemble)} positive numbers (this model first), "
+                         f"got '{args.ensemble_weights}'")
 
     import json
 
@@ -70,7 +110,71 @@ def main() -> int:
     print(format_per_class_table(result.per_class))
     curves = save_pr_curves(result, class_names, out / f"pr_curves_{args.split}")
     print(f"precision-recall curves: {len(curves)} PNGs in {out / f'pr_curves_{args.split}'}")
+    if args.tta or args.ensemble:
+        rows = [(f"single model ({trained.source.name})", result)]
+        rows += compare_tta_ensemble(args, cfg, trained, device, records, coco_gt, detections, out)
+        print(format_comparison(rows, args.split, len(records)))
     return 0
+
+
+COMPARED = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+
+
+def format_comparison(rows: list[tuple[str, EvalResult]], split: str, n_images: int) -> str:
+    """A table of the main COCO numbers (percent) of the single model, TTA and ensemble rows."""
+    name_w = max(len(name) for name, _ in rows)
+    lines = [f"single model vs TTA / ensemble on {split} ({n_images} images), COCO metrics in percent:",
+             f"{'model':<{name_w}}  " + "  ".join(f"{k:>6}" for k in COMPARED)]
+    for name, res in rows:
+        cells = [f"{100 * res.stats[k]:6.1f}" if res.stats[k] >= 0 else f"{'n/a':>6}" for k in COMPARED]
+        lines.append(f"{name:<{name_w}}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def compare_tta_ensemble(args: argparse.Namespace, cfg: Config, trained: TrainedModel, device: torch.device,
+                         records: list[ImageRecord], coco_gt: Any, detections: dict[int, Detections],
+                         out: Path) -> list[tuple[str, EvalResult]]:
+    """Run the --tta passes and --ensemble members, write their results json, return
+    ``[(row name, EvalResult)]``."""
+    from core.checkpoint import CheckpointError
+    from core.engine.inference import coco_results
+    from core.engine.tester import write_json
+    from core.ensemble import TTAPlan, fuse_per_image
+    from core.evaluation import evaluate
+    from core.predictor import Detector
+
+    main_det = Detector(trained.model, cfg, trained.class_names, trained.category_ids, device, task=trained.task,
+                        source=str(trained.source))
+    main_det.wbf_iou = args.wbf_iou
+    plan = TTAPlan.parse(args.tta) if args.tta else None
+    rows = []
+    own = detections
+    if plan is not None:
+        print(f"TTA passes (scale, flip): {plan.passes()} at input sizes "
+              f"{[main_det.transform(s).size for s in plan.scales]}")
+        own = main_det.predict_records(records, plan)
+        results = coco_results(own, trained.category_ids)
+        write_json(results, out / f"results_{args.split}_tta.json")
+        rows.append((f"TTA {plan.describe()} (WBF of {len(plan.passes())} passes)",
+                     evaluate(coco_gt, results, trained.class_names, trained.category_ids)))
+    if args.ensemble:
+        runs = [own]
+        for item in args.ensemble:
+            weights, _, config = item.partition("@")
+            member = Detector.from_checkpoint(weights, config or None, device)
+            if member.class_names != trained.class_names:
+                raise CheckpointError(f"--ensemble {weights}: classes {member.class_names} differ from "
+                                      f"{trained.class_names} of {trained.source}; ensemble members must share classes")
+            member.wbf_iou = args.wbf_iou
+            print(f"ensemble member {weights} (config {member.cfg.source}, input {member.cfg.dataset.image_size})")
+            runs.append(member.predict_records(records, plan))
+        weights_list = [float(w) for w in args.ensemble_weights.split(",")] if args.ensemble_weights else None
+        fused = fuse_per_image(runs, weights_list, args.wbf_iou, max_det=cfg.test.max_det_per_image)
+        results = coco_results(fused, trained.category_ids)
+        write_json(results, out / f"results_{args.split}_ensemble.json")
+        rows.append((f"ensemble of {len(runs)} (WBF{', each with TTA' if plan else ''})",
+                     evaluate(coco_gt, results, trained.class_names, trained.category_ids)))
+    return rows
 
 
 if __name__ == "__main__":

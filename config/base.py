@@ -19,6 +19,7 @@ class General(Section):
     deterministic = False        # deterministic algorithms and data order (exact resume on CPU)
     device = "auto"              # auto | cpu | cuda
     keep_checkpoints = 5         # newest epoch checkpoints kept in the run folder (0 = all)
+    sync_bn = False              # SyncBatchNorm across processes (GPU runs under torchrun)
 
 
 class schedule(Section):
@@ -36,7 +37,8 @@ class schedule(Section):
 
 class optimizer(Section):
     type = "sgd"                 # sgd | adamw
-    lr = 0.01
+    lr = 0.01                    # learning rate for a total batch of lr_batch images
+    lr_batch = 16                # the lr is scaled linearly to the real total batch (all processes), as SimpleDet
     momentum = 0.9
     weight_decay = 4e-5
     clip_grad_norm = 10.0        # 0 = no clipping
@@ -52,6 +54,22 @@ class dataset(Section):
     scale_min = 0.1              # random scale jitter range when training (EfficientDet: 0.1-2.0)
     scale_max = 2.0
     skip_bad_images = False      # True: images that fail to decode are skipped and counted, not fatal
+    skip_bad_records = False     # True: train without the images a start-up dataset check finds problems in
+                                 # (missing/unreadable image, bad box, unknown class) and print how many; False: refuse
+
+
+class augment(Section):
+    """Training-only augmentations on top of dataset's scale / crop / flip (core.data.augment); all off by default."""
+    hsv_prob = 0.0               # probability of an HSV colour jitter per training picture
+    hsv_h = 0.015                # hue shift, uniform in +-hsv_h of the hue circle
+    hsv_s = 0.7                  # saturation gain, uniform in 1 +- hsv_s
+    hsv_v = 0.4                  # value (brightness) gain, uniform in 1 +- hsv_v
+    brightness = 0.0             # add uniform(+-brightness) x 255 to every pixel (0 = off)
+    contrast = 0.0               # scale the deviation from the picture's mean by uniform(1 +- contrast) (0 = off)
+    mosaic_prob = 0.0            # probability that a sample is a 2x2 mosaic of its picture and 3 random others
+    mixup_prob = 0.0             # probability of blending a sample with another transformed one (MixUp)
+    mixup_alpha = 8.0            # MixUp ratio ~ Beta(alpha, alpha); YOLOv4/5 use 32 (ratios near 0.5)
+    cutmix_prob = 0.0            # probability of pasting a random rectangle of another sample (CutMix)
 
 
 class backbone(Section):
@@ -80,6 +98,8 @@ class neck(Section):
 class head(Section):
     type = "effdet"
     repeats = 3                  # D_class = 3 + floor(phi / 3)
+    separable = True             # effdet head: True = EfficientDet subnets (separable 3x3 convs, BN per level, swish);
+                                 # False = RetinaNet subnets (plain 3x3 convs with bias, ReLU, no norm)
 
 
 class anchors(Section):
@@ -110,3 +130,18 @@ class test(Section):
     nms_thresh = 0.5
     max_det_per_image = 100
     top_n = 1000                 # candidates kept before NMS (over all levels and classes)
+
+
+class pretrain(Section):
+    """Starting weights and frozen parameters, applied right after the network is built (core.pretrain)."""
+    backbone_weights = ""        # backbone.body's weights: a timm model name (timm's ImageNet weights; needs the hub
+                                 # or timm's cache) or a file (timm / torchvision / lukemelas / DetLab / effdet layout;
+                                 # torch, safetensors or MXNet .params; pkg:MODULE/PATH = a file in an installed
+                                 # package); "" = none
+    detector_weights = ""        # whole-detector weights loaded after backbone_weights: a DetLab checkpoint (EMA when
+                                 # saved) or state dict, or an effdet EfficientDet state dict (converted); "" = none
+    fixed_param = []             # patterns of parameter names to freeze, e.g. ["backbone.body.conv_stem.*",
+                                 # "backbone.body.bn1.*"]; fnmatch style ('re:' prefix = regex); a BatchNorm whose
+                                 # parameters are all frozen keeps its running statistics too (stays in eval mode)
+    excluded_param = []          # patterns of (DetLab-layout) checkpoint tensor names not to load,
+                                 # e.g. ["head.*.predict.*"]

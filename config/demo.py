@@ -22,6 +22,7 @@ class schedule(base.schedule):
 class optimizer(base.optimizer):
     type = "adamw"
     lr = 2e-3
+    lr_batch = 8
     weight_decay = 1e-4
     ema_decay = 0.999
 

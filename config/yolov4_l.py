@@ -27,6 +27,7 @@ class schedule(base.schedule):
 class optimizer(base.optimizer):
     type = "sgd"
     lr = 0.01
+    lr_batch = 64
     momentum = 0.937
     weight_decay = 5e-4
     ema_decay = 0.9999

@@ -5,9 +5,11 @@ This is the one place where parts are wired by config:
 * ``backbone.type``: ``timm`` (any timm model with ``features_only``; ``backbone.head_conv > 0``
   adds EfficientNet's 1x1 head conv on the coarsest map) or ``csp_darknet`` (YOLOv4's CSP-Darknet,
   scaled by ``backbone.depth_multiple`` / ``width_multiple``);
-* ``neck.type``: ``bifpn`` (EfficientDet) or ``yolo_pan`` (YOLOv4's SPPCSP + PAN);
+* ``neck.type``: ``bifpn`` (EfficientDet), ``fpn`` (RetinaNet's FPN), ``nasfpn`` (NAS-FPN cells)
+  or ``yolo_pan`` (YOLOv4's SPPCSP + PAN);
 * ``head.type``: ``effdet`` (class / box subnets over ``anchors.num_scales x aspect_ratios``
-  anchors) or ``yolo`` (one YOLO layer per level with the anchors of ``anchors.yolo``).
+  anchors; ``head.separable=False`` gives RetinaNet's plain-conv subnets) or ``yolo`` (one YOLO
+  layer per level with the anchors of ``anchors.yolo``).
 """
 from __future__ import annotations
 
@@ -22,10 +24,12 @@ from symbol.detector import Detector
 from symbol.head.effdet_head import EfficientDetHead
 from symbol.head.yolo_head import YoloHead
 from symbol.neck.bifpn import BiFPN
+from symbol.neck.fpn import FPN
+from symbol.neck.nasfpn import NASFPN
 from symbol.neck.yolo_pan import YoloPAN
 
 BACKBONES = ("timm", "csp_darknet")
-NECKS = ("bifpn", "yolo_pan")
+NECKS = ("bifpn", "fpn", "nasfpn", "yolo_pan")
 HEADS = ("effdet", "yolo")
 
 
@@ -63,6 +67,12 @@ def build_detector(cfg: Any, num_classes: int) -> Detector:
         neck: nn.Module = BiFPN(backbone.channels, backbone.levels, n.channels, n.repeats, n.min_level, n.max_level,
                                 n.padding)
         neck_channels = [n.channels] * len(neck.levels)
+    elif n.type == "fpn":
+        neck = FPN(backbone.channels, backbone.levels, n.channels, n.min_level, n.max_level, n.padding)
+        neck_channels = [n.channels] * len(neck.levels)
+    elif n.type == "nasfpn":
+        neck = NASFPN(backbone.channels, backbone.levels, n.channels, n.repeats, n.min_level, n.max_level, n.padding)
+        neck_channels = [n.channels] * len(neck.levels)
     else:
         neck = YoloPAN(backbone.channels, backbone.levels, n.pan_channels, n.pan_repeats, n.min_level, n.max_level)
         neck_channels = neck.channels
@@ -72,7 +82,7 @@ def build_detector(cfg: Any, num_classes: int) -> Detector:
                              f"neck '{n.type}' gives {neck_channels}")
         num_anchors = a.num_scales * len(a.aspect_ratios)
         head: nn.Module = EfficientDetHead(neck_channels[0], h.repeats, len(neck.levels), num_anchors, num_classes,
-                                           n.padding)
+                                           n.padding, separable=h.separable)
     else:
         if len(a.yolo) != len(neck.levels):
             raise ValueError(f"anchors.yolo has {len(a.yolo)} rows for {len(neck.levels)} output levels "

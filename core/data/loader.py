@@ -6,6 +6,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from core.data.augment import AugmentConfig
 from core.data.dataset import DetectionDataset, collate
 from core.data.records import ImageRecord
 from core.data.sampler import EpochSampler
@@ -16,16 +17,19 @@ def build_loader(cfg: Any, records: list[ImageRecord], train: bool, batch_size: 
                  rank: int = 0, world_size: int = 1) -> DataLoader:
     """A DataLoader yielding ``(images [B, 3, S, S], targets)`` (see ``core.data.dataset``).
 
-    Training loaders augment, draw a seeded order per epoch through an
+    Training loaders augment (scale, crop, flip, and what the config's ``augment`` section turns
+    on: photometric jitter, mosaic, MixUp, CutMix), draw a seeded order per epoch through an
     :class:`~core.data.sampler.EpochSampler` (call ``loader.sampler.set_epoch(epoch, start)``)
     and give process ``rank`` of ``world_size`` its shard; evaluation loaders read every record
     in order, unaugmented.
     """
     d = cfg.dataset
+    augment = AugmentConfig.from_config(cfg) if train else None
     transform = build_transform(d.image_size, d.mean, d.std, train=train,
                                 hflip_prob=d.hflip_prob if train else 0.0,
-                                scale_range=(d.scale_min, d.scale_max) if train else (1.0, 1.0))
-    dataset = DetectionDataset(records, transform, skip_bad=d.skip_bad_images)
+                                scale_range=(d.scale_min, d.scale_max) if train else (1.0, 1.0),
+                                photometric=augment.photometric if augment is not None else None)
+    dataset = DetectionDataset(records, transform, skip_bad=d.skip_bad_images, augment=augment)
     sampler = EpochSampler(len(dataset), batch_size, shuffle=True, seed=seed, rank=rank,
                            world_size=world_size) if train else None
     workers = cfg.General.loader_worker

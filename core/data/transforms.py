@@ -1,10 +1,12 @@
 """Image + box transforms: resize (longer side to S, random scale when training), random crop
 or bottom/right zero padding to S x S, horizontal flip, normalisation.
 
-A transform is a callable ``(PIL image, boxes, labels) -> (image, boxes, labels, scale)`` with
-``boxes`` float32 ``[N, 4]`` xyxy in *original* pixels going in and in *input* pixels coming
-out, ``image`` float32 tensor ``[3, S, S]`` and ``scale`` input pixels per original pixel.
-Randomness comes from torch's RNG (``torch.rand``), so DataLoader worker seeding applies.
+A transform is a callable ``(PIL image, boxes, labels, generator=None) -> (image, boxes, labels,
+scale)`` with ``boxes`` float32 ``[N, 4]`` xyxy in *original* pixels going in and in *input*
+pixels coming out, ``image`` float32 tensor ``[3, S, S]`` and ``scale`` input pixels per original
+pixel. Randomness comes from the per-call ``generator`` (the dataset seeds one per sample from
+``(index, seed)``), else the one given at construction, else torch's global RNG. Photometric
+jitter (``core.data.augment``) is applied after the geometry when configured.
 """
 from __future__ import annotations
 
@@ -14,12 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-MIN_KEEP_FRACTION = 0.2  # drop a box when less than this fraction of its area survives the crop
-MIN_SIDE = 2.0  # drop a box whose width or height (input px) is below this
+from .augment import MIN_KEEP_FRACTION, MIN_SIDE, PhotometricConfig, photometric, rand as _rand
 
-
-def _rand(generator: torch.Generator | None) -> float:
-    return float(torch.rand((), generator=generator))
+__all__ = ["DetectionTransform", "build_transform", "MIN_KEEP_FRACTION", "MIN_SIDE"]
 
 
 class DetectionTransform:
@@ -27,7 +26,7 @@ class DetectionTransform:
 
     def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float], train: bool,
                  hflip_prob: float = 0.5, scale_range: tuple[float, float] = (1.0, 1.0),
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, photometric: PhotometricConfig | None = None) -> None:
         mean_a, std_a = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
         if mean_a.shape != (3,) or std_a.shape != (3,) or (std_a <= 0).any():
             raise ValueError(f"mean and std need 3 values each with std > 0, got {mean}, {std}")
@@ -38,6 +37,12 @@ class DetectionTransform:
         self.size, self.train = int(image_size), bool(train)
         self.hflip_prob, self.scale_range = float(hflip_prob), (float(scale_range[0]), float(scale_range[1]))
         self.generator = generator
+        self.photometric = photometric if (train and photometric is not None and photometric.enabled) else None
+
+    @property
+    def fill(self) -> tuple[int, int, int]:
+        """The RGB colour (0..255) that normalises to 0, i.e. the colour of the padding."""
+        return tuple(int(round(float(v))) for v in self.mean.view(3))  # type: ignore[return-value]
 
     def __call__(self, image: Image.Image, boxes: np.ndarray, labels: np.ndarray,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray, float]:
@@ -74,6 +79,8 @@ class DetectionTransform:
         keep = (bw >= MIN_SIDE) & (bh >= MIN_SIDE) & (bw * bh >= MIN_KEEP_FRACTION * area0)
         boxes, labels = boxes[keep].astype(np.float32), labels[keep]
 
+        if self.photometric is not None:
+            image = photometric(image, self.photometric, gen)
         pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
         out = torch.zeros(3, S, S, dtype=torch.float32)
         out[:, :ch, :cw] = (pixels.float() - self.mean) / self.std
@@ -82,7 +89,8 @@ class DetectionTransform:
 
 def build_transform(image_size: int, mean: Sequence[float], std: Sequence[float], train: bool,
                     hflip_prob: float = 0.5, scale_range: tuple[float, float] = (1.0, 1.0),
-                    generator: torch.Generator | None = None) -> DetectionTransform:
+                    generator: torch.Generator | None = None,
+                    photometric: PhotometricConfig | None = None) -> DetectionTransform:
     """Transform for training (``train=True``: random scale, random crop, flip) or evaluation.
 
     The longer image side is resized (PIL bilinear) to ``image_size * s``, ``s`` uniform in
@@ -92,6 +100,7 @@ def build_transform(image_size: int, mean: Sequence[float], std: Sequence[float]
     Boxes (xyxy, original px in, input px out) follow the image, are clipped to the crop, and
     dropped when their width or height is below 2 px or under 20% of their area remains.
     ``mean``/``std`` are per RGB channel, in 0..1 units (values above 1 are taken as 0..255
-    units). Randomness uses ``generator`` or, by default, torch's global RNG.
+    units). Randomness uses ``generator`` or, by default, torch's global RNG. ``photometric``
+    (training only) jitters colours after the geometry; boxes are unaffected.
     """
-    return DetectionTransform(image_size, mean, std, train, hflip_prob, scale_range, generator)
+    return DetectionTransform(image_size, mean, std, train, hflip_prob, scale_range, generator, photometric)

@@ -74,3 +74,17 @@ def all_true(flag: bool, info: DistInfo) -> bool:
 def any_true(flag: bool, info: DistInfo) -> bool:
     """Whether ``flag`` holds in at least one process."""
     return not all_true(not flag, info)
+
+
+def gather_to_main(items: dict, info: DistInfo) -> dict:
+    """Merge every process's ``items`` dict on rank 0 (other ranks get ``{}``); picklable values."""
+    if info.world_size == 1:
+        return items
+    parts: list[dict] | None = [{} for _ in range(info.world_size)] if info.is_main else None
+    dist.gather_object(items, parts, dst=0)
+    if not info.is_main:
+        return {}
+    merged: dict = {}
+    for part in parts or []:
+        merged.update(part)
+    return merged

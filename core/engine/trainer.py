@@ -17,17 +17,22 @@ from tqdm import tqdm
 from core.checkpoint import (CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint, load_latest,
                              save_checkpoint)
 from core.config import Config
+from core.data.check import load_checked_records
 from core.data.loader import build_loader
-from core.data.spec import DatasetSpec, load_dataset_spec, read_split
+from core.data.spec import DatasetSpec, load_dataset_spec
 from core.engine import distributed
 from core.engine.inference import evaluate_detections, predict_batches
 from core.engine.runtime import autocast, needs_grad_scaler, run_dir, seed_everything, select_device
 from core.evaluation import coco_ground_truth
 from core.schedule import lr_factor
 from core.engine.signals import StopSignals, TrainingInterrupted
+from core.pretrain import apply_pretrain
 from core.task import build_task
 from symbol.builder import build_detector
 
+TENSORBOARD_DIR = "tensorboard"  # TensorBoard event files, next to log.jsonl
+TENSORBOARD_IMAGES = 4  # validation images drawn with their detections at each evaluation
+TENSORBOARD_SCORE = 0.3  # lowest score drawn on them
 INTERRUPTED = "interrupted.pt"  # checkpoint written when a run is stopped by a signal mid-epoch
 NONFINITE_LIMIT = 5  # consecutive non-finite losses after which a run stops
 
@@ -66,11 +71,18 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
 
         self.spec: DatasetSpec = load_dataset_spec(cfg.dataset.data)
-        train_records = read_split(self.spec, "train")
-        self.val_records = read_split(self.spec, "val") if "val" in self.spec.splits else []
+        # start-up dataset check: problems stop the run with the full report unless dataset.skip_bad_records
+        checked, notes = load_checked_records(self.spec, ("train", "val"), cfg.dataset.skip_bad_records,
+                                              cfg.dataset.skip_bad_images)
+        for note in notes:
+            self._print(note)
+        train_records = checked["train"]
+        self.val_records = checked.get("val", [])
         self.train_loader = build_loader(cfg, train_records, train=True, batch_size=g.batch_image, seed=g.seed,
                                          rank=self.dist.rank, world_size=self.dist.world_size)
-        self.val_loader = build_loader(cfg, self.val_records, train=False, batch_size=cfg.test.batch_image)
+        # each process evaluates its share of the val images; rank 0 gathers and scores them
+        self.val_loader = build_loader(cfg, self.val_records[self.dist.rank::self.dist.world_size], train=False,
+                                       batch_size=cfg.test.batch_image)
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
             raise ValueError(f"{self.spec.path}: {len(train_records)} training images are fewer than one batch "
@@ -78,7 +90,12 @@ class Trainer:
 
         # channels_last is faster for these convnets on GPUs and on CPUs alike
         self.model = build_detector(cfg, self.spec.num_classes).to(self.device, memory_format=torch.channels_last)
+        apply_pretrain(self.model, cfg.pretrain, self.spec.class_names, log=self._print)  # weights, frozen params
         self.task = build_task(cfg, self.model)
+        if g.sync_bn and self.dist.world_size > 1:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.total_batch = g.batch_image * self.dist.world_size
+        self.base_lr = cfg.optimizer.lr * self.total_batch / cfg.optimizer.lr_batch
         self.optimizer = build_optimizer(self.model, cfg.optimizer)
         self.ema = ModelEmaV3(self.model, decay=cfg.optimizer.ema_decay, use_warmup=True) \
             if cfg.optimizer.ema_decay > 0 else None
@@ -146,6 +163,53 @@ class Trainer:
         if self.dist.is_main:
             with open(self.out / "log.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
+            tb = self._tensorboard()
+            if tb is not None:  # the same numbers as scalars, tagged "<kind>/<name>"
+                for key, value in row.items():
+                    if key not in ("kind", "epoch", "step") and isinstance(value, (int, float)) \
+                            and not isinstance(value, bool):
+                        tb.add_scalar(f"{row.get('kind', 'log')}/{key}", value, row.get("step", self.step))
+                tb.flush()
+
+    def _tensorboard(self) -> Any:
+        """The run's TensorBoard writer (``RUN_DIR/tensorboard``) on rank 0, created on first use;
+        None elsewhere or when the ``tensorboard`` package is missing (said once)."""
+        writer = getattr(self, "_tb_writer", None)
+        if writer is None and self.dist.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self._print("note: TensorBoard logging is off (pip install tensorboard); log.jsonl has everything")
+                writer = False
+            else:  # purge_step drops events a resumed run is about to write again
+                writer = SummaryWriter(str(self.out / TENSORBOARD_DIR), purge_step=self.step or None)
+            self._tb_writer = writer
+        return writer or None
+
+    def _tensorboard_images(self, detections: dict[int, Any]) -> None:
+        """The first ``TENSORBOARD_IMAGES`` validation images with their detections (score >=
+        ``TENSORBOARD_SCORE``) drawn, into TensorBoard at the current step."""
+        tb = self._tensorboard()
+        if tb is None:
+            return
+        import numpy as np
+
+        from core.data.dataset import load_image
+        from core.data.records import DatasetError
+        from core.visualize import draw_detections
+
+        for rec in self.val_records[:TENSORBOARD_IMAGES]:
+            det = detections.get(rec.image_id)
+            if det is None:
+                continue
+            try:
+                image = load_image(rec)
+            except DatasetError:
+                continue
+            keep = det.scores >= TENSORBOARD_SCORE
+            drawn = draw_detections(image, det.boxes[keep], det.labels[keep], det.scores[keep], self.spec.class_names)
+            tb.add_image(f"val/{Path(rec.file_name).name}", np.asarray(drawn), self.step, dataformats="HWC")
+        tb.flush()
 
     def _truncate_log(self, step: int) -> None:
         """Drop log rows written after ``step`` (work lost with an interrupted epoch)."""
@@ -186,6 +250,7 @@ class Trainer:
         if self.dist.is_main:
             cfg.save(self.out / "config.json")
             shutil.copyfile(cfg.source, self.out / "config.py")
+            self._tensorboard()  # opened at the start step, so a resumed run replaces the events it redoes
         self._print(f"training {cfg.General.name}: {len(self.train_loader.dataset)} images, "
                     f"{self.spec.num_classes} classes, {self.steps_per_epoch} steps/epoch, device {self.device}, "
                     f"{self.dist.world_size} process(es) -> {self.out}")
@@ -203,6 +268,9 @@ class Trainer:
             from core.plot import plot_runs
 
             plot_runs([self.out], self.out / "curves.png")
+            if getattr(self, "_tb_writer", None):
+                self._tb_writer.close()
+                self._tb_writer = None
             self._print(f"done: checkpoints, log.jsonl and curves.png in {self.out}")
         distributed.barrier(self.dist)
         return stats
@@ -248,7 +316,7 @@ class Trainer:
     def _step(self, images: torch.Tensor, targets: list[dict[str, Any]]) -> dict[str, float] | None:
         """One optimisation step; ``None`` when the loss was not finite and the step was skipped."""
         cfg = self.cfg
-        lr = cfg.optimizer.lr * lr_factor(self.step, self.steps_per_epoch, cfg.schedule)
+        lr = self.base_lr * lr_factor(self.step, self.steps_per_epoch, cfg.schedule)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         images = images.to(self.device, non_blocking=True, memory_format=torch.channels_last)
@@ -279,16 +347,17 @@ class Trainer:
         return {k: float(v.detach()) for k, v in losses.items()}
 
     def evaluate(self) -> dict[str, float]:
-        """COCO metrics of the EMA (or plain) weights on the val split; logged and returned (rank 0)."""
-        if not self.dist.is_main:
-            distributed.barrier(self.dist)
-            return {}
+        """COCO metrics of the EMA (or plain) weights on the val split, computed by every process on
+        its share of the images and scored on rank 0; logged and returned there ({} elsewhere)."""
         model = self.ema.module if self.ema else self.model
         detections = predict_batches(model, self.task, self.val_loader, self.device, self.amp)
+        detections = distributed.gather_to_main(detections, self.dist)
+        if not self.dist.is_main:
+            return {}
         coco_gt = coco_ground_truth(self.spec, "val", self.val_records)
         result, _ = evaluate_detections(detections, coco_gt, self.spec.class_names, self.spec.category_ids)
         stats = {k: (v if math.isfinite(v) else -1.0) for k, v in result.stats.items()}
         self._log({"kind": "eval", "epoch": self.epoch, "step": self.step, **stats})
+        self._tensorboard_images(detections)
         self._print(f"epoch {self.epoch}: AP {stats['AP']:.3f}  AP50 {stats['AP50']:.3f}  AP75 {stats['AP75']:.3f}")
-        distributed.barrier(self.dist)
         return stats

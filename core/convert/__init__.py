@@ -1,0 +1,12 @@
+"""Reading weight files of other layouts and renaming them into DetLab's.
+
+* ``weights_file``: read any supported file (DetLab checkpoint, ``torch.save`` state dict,
+  safetensors, MXNet ``.params``) into a flat ``name -> tensor`` dict; ``pkg:`` paths.
+* ``layout``: tell the layout of a state dict from its names (detlab, effdet, lukemelas, torchvision, timm).
+* ``lukemelas``, ``torchvision_backbone``: backbone checkpoints -> timm module names.
+* ``effdet_ckpt``: rwightman/effdet EfficientDet -> DetLab ``effdet_bX`` names (biases folded,
+  box channels permuted).
+* ``mxnet_ndarray``, ``mxnet_names``: MXNet's binary NDArray list format and its ``arg:`` / ``aux:`` names.
+* ``surgery``: head stripping and class-channel selection on DetLab state dicts.
+* ``common``: the :class:`~core.convert.common.Conversion` record all of them return.
+"""

@@ -1,0 +1,277 @@
+"""Rewriting datasets: format conversion (COCO / Pascal VOC / YOLO), class subsets and splits.
+
+Conversion goes through :class:`ImageRecord` lists (boxes xyxy float32 in original pixels), so it
+carries exactly what DetLab trains on: every non-crowd, non-difficult box and every class name.
+Writers keep boxes to well below 1e-3 px: COCO ``bbox`` xywh and VOC corners are written with 6
+decimals (VOC's 1-based convention: ``xmin = x1 + 1``, ``xmax = x2``), YOLO's normalised centre
+and size with 10. Crowd (COCO ``iscrowd``) and ``difficult`` (VOC) annotations have no place in
+YOLO and are not carried; :func:`convert_dataset` counts them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import xml.etree.ElementTree as ET
+from copy import deepcopy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import yaml
+
+from .records import DatasetError, ImageRecord
+from .spec import DatasetSpec, FORMATS, read_split
+
+COORD_DECIMALS = 6   # pixel coordinates (COCO, VOC)
+NORM_DECIMALS = 10   # normalised coordinates (YOLO)
+
+
+def _num(value: float, decimals: int) -> str:
+    """``value`` with at most ``decimals`` decimals, trailing zeros dropped (``12.5``, ``3``)."""
+    text = f"{float(value):.{decimals}f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+# ----------------------------------------------------------------------------- writers
+
+
+def write_coco(records: Sequence[ImageRecord], file_names: Sequence[str], class_names: Sequence[str],
+               category_ids: Sequence[int], path: Path) -> None:
+    """Write a COCO detection json: ``images`` (record ids, ``file_names[i]`` relative to the
+    split's image folder), ``annotations`` (bbox ``[x, y, w, h]`` original pixels, ``area = w*h``,
+    ids from 1) and ``categories`` (``category_ids`` / ``class_names``)."""
+    images, annotations = [], []
+    for rec, name in zip(records, file_names):
+        images.append({"id": int(rec.image_id), "file_name": name, "width": int(rec.width), "height": int(rec.height)})
+        for (x1, y1, x2, y2), lab in zip(rec.boxes.astype(np.float64).tolist(), rec.labels.tolist()):
+            w, h = x2 - x1, y2 - y1
+            annotations.append({"id": len(annotations) + 1, "image_id": int(rec.image_id),
+                                "category_id": int(category_ids[lab]),
+                                "bbox": [round(v, COORD_DECIMALS) for v in (x1, y1, w, h)],
+                                "area": round(w * h, COORD_DECIMALS), "iscrowd": 0})
+    categories = [{"id": int(i), "name": n, "supercategory": ""} for n, i in zip(class_names, category_ids)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+
+
+def voc_xml(rec: ImageRecord, file_name: str, class_names: Sequence[str]) -> str:
+    """One Pascal VOC annotation: ``xmin = x1 + 1, ymin = y1 + 1, xmax = x2, ymax = y2`` (VOC's
+    1-based inclusive pixels) for each xyxy box in original pixels."""
+    root = ET.Element("annotation")
+    ET.SubElement(root, "filename").text = file_name
+    size = ET.SubElement(root, "size")
+    ET.SubElement(size, "width").text = str(int(rec.width))
+    ET.SubElement(size, "height").text = str(int(rec.height))
+    ET.SubElement(size, "depth").text = "3"
+    for (x1, y1, x2, y2), lab in zip(rec.boxes.astype(np.float64).tolist(), rec.labels.tolist()):
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = class_names[lab]
+        ET.SubElement(obj, "pose").text = "Unspecified"
+        ET.SubElement(obj, "truncated").text = "0"
+        ET.SubElement(obj, "difficult").text = "0"
+        box = ET.SubElement(obj, "bndbox")
+        for tag, v in zip(("xmin", "ymin", "xmax", "ymax"), (x1 + 1, y1 + 1, x2, y2)):
+            ET.SubElement(box, tag).text = _num(v, COORD_DECIMALS)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def yolo_txt(rec: ImageRecord) -> str:
+    """One YOLO label file: a line ``class cx cy w h`` per box, normalised by the image size."""
+    lines = []
+    for (x1, y1, x2, y2), lab in zip(rec.boxes.astype(np.float64).tolist(), rec.labels.tolist()):
+        cx, cy = (x1 + x2) / 2 / rec.width, (y1 + y2) / 2 / rec.height
+        w, h = (x2 - x1) / rec.width, (y2 - y1) / rec.height
+        lines.append(" ".join([str(int(lab))] + [_num(v, NORM_DECIMALS) for v in (cx, cy, w, h)]))
+    return "".join(line + "\n" for line in lines)
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def _unique_names(records: Sequence[ImageRecord]) -> list[str]:
+    """A file name per record for one output folder: its own base name, prefixed with the image
+    id when two records share a stem (YOLO and VOC pair files by stem)."""
+    stems: dict[str, int] = {}
+    for rec in records:
+        stem = Path(rec.file_name).stem
+        stems[stem] = stems.get(stem, 0) + 1
+    names = []
+    for rec in records:
+        p = Path(rec.file_name)
+        names.append(p.name if stems[p.stem] == 1 else f"{rec.image_id}_{p.name}")
+    return names
+
+
+def _place_images(records: Sequence[ImageRecord], names: Sequence[str], folder: Path, mode: str) -> None:
+    """Put each record's image into ``folder`` under its new name: ``link`` (symlink to the
+    original, absolute) or ``copy``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for rec, name in zip(records, names):
+        dst = folder / name
+        if dst.is_symlink() or dst.exists():
+            dst.unlink()
+        if mode == "copy":
+            shutil.copyfile(rec.file_name, dst)
+        else:
+            os.symlink(Path(rec.file_name).resolve(), dst)
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+@dataclass
+class ConversionResult:
+    """What :func:`convert_dataset` wrote: the new YAML, images and boxes per split, and the
+    crowd / difficult annotations of the source that were not carried over."""
+
+    yaml_path: Path
+    images: dict[str, int]
+    boxes: dict[str, int]
+    not_carried: dict[str, int]
+
+
+def ignored_annotations(spec: DatasetSpec, split: str) -> int:
+    """How many annotations of ``split`` the readers skip on purpose: COCO ``iscrowd=1`` boxes of
+    the chosen classes, VOC ``difficult`` objects (YOLO has neither)."""
+    s = spec.splits[split]
+    if spec.format == "coco":
+        data = json.loads(s.annotations.read_text())
+        chosen = set(spec.category_ids)
+        return sum(1 for a in data.get("annotations", []) if a.get("iscrowd", 0) == 1 and a.get("category_id") in chosen)
+    if spec.format == "voc":
+        count = 0
+        for xml_path in sorted(s.annotations.glob("*.xml")):
+            for obj in ET.parse(xml_path).getroot().findall("object"):
+                d = obj.find("difficult")
+                count += int(d is not None and bool(d.text) and d.text.strip() not in ("0", ""))
+        return count
+    return 0
+
+
+def convert_dataset(spec: DatasetSpec, to: str, out_dir: Path, images: str = "link") -> ConversionResult:
+    """Write every split of ``spec`` in format ``to`` (coco | voc | yolo) under ``out_dir``:
+    ``images/<split>/`` (the pictures, symlinked or copied as ``images`` says), the annotations
+    (``annotations/<split>.json``, ``annotations/<split>/*.xml`` or ``labels/<split>/*.txt``) and
+    ``data.yaml`` describing them with the class names. Source splits are read strictly, so a
+    broken dataset stops with the reader's error (run ``utils.dataset check`` first)."""
+    if to not in FORMATS:
+        raise DatasetError(f"unknown target format '{to}'; use one of {', '.join(FORMATS)}")
+    if images not in ("link", "copy"):
+        raise DatasetError(f"images must be 'link' or 'copy', got '{images}'")
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    desc: dict[str, Any] = {"format": to, "root": ".", "classes": list(spec.class_names)}
+    n_images, n_boxes, not_carried = {}, {}, {}
+    for split in spec.splits:
+        records = read_split(spec, split)
+        names = _unique_names(records)
+        _place_images(records, names, out_dir / "images" / split, images)
+        if to == "coco":
+            write_coco(records, names, spec.class_names, spec.category_ids, out_dir / "annotations" / f"{split}.json")
+            desc[split] = {"images": f"images/{split}", "annotations": f"annotations/{split}.json"}
+        elif to == "voc":
+            ann = out_dir / "annotations" / split
+            if ann.is_dir():
+                shutil.rmtree(ann)
+            ann.mkdir(parents=True)
+            for rec, name in zip(records, names):
+                (ann / f"{Path(name).stem}.xml").write_text(voc_xml(rec, name, spec.class_names))
+            desc[split] = {"images": f"images/{split}", "annotations": f"annotations/{split}"}
+        else:
+            labels = out_dir / "labels" / split
+            if labels.is_dir():
+                shutil.rmtree(labels)
+            labels.mkdir(parents=True)
+            for rec, name in zip(records, names):
+                (labels / f"{Path(name).stem}.txt").write_text(yolo_txt(rec))
+            desc[split] = {"images": f"images/{split}", "labels": f"labels/{split}"}
+        n_images[split] = len(records)
+        n_boxes[split] = int(sum(len(r.boxes) for r in records))
+        not_carried[split] = ignored_annotations(spec, split)
+    yaml_path = out_dir / "data.yaml"
+    header = f"# Converted from {spec.path} ({spec.format}) by python -m utils.dataset convert --to {to}\n"
+    yaml_path.write_text(header + yaml.safe_dump(desc, sort_keys=False, default_flow_style=None))
+    return ConversionResult(yaml_path, n_images, n_boxes, not_carried)
+
+
+# ----------------------------------------------------------------------------- COCO subsets and splits
+
+
+def load_coco_json(path: Path) -> dict:
+    """A COCO json as a dict, checked for its ``images``, ``annotations`` and ``categories`` lists."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found; check the path") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list)
+                                             for k in ("images", "annotations", "categories")):
+        raise DatasetError(f"{path}: not a COCO detection json; it needs 'images', 'annotations' and "
+                           f"'categories' lists")
+    return data
+
+
+def _with_images(data: dict, image_ids: set) -> dict:
+    """A copy of ``data`` with only the images in ``image_ids`` and their annotations."""
+    out = {k: deepcopy(v) for k, v in data.items() if k not in ("images", "annotations")}
+    out["images"] = [deepcopy(im) for im in data["images"] if im["id"] in image_ids]
+    out["annotations"] = [deepcopy(a) for a in data["annotations"] if a["image_id"] in image_ids]
+    return out
+
+
+def subset_coco(data: dict, classes: Sequence[str], keep_empty: bool = False, source: str = "COCO json") -> dict:
+    """The annotations of ``classes`` (category names) only, with category ids remapped to
+    ``1..K`` in the order given. Images without any annotation of these classes are dropped
+    unless ``keep_empty``. Other top-level keys (info, licenses) are kept."""
+    by_name: dict[str, int] = {}
+    for c in data["categories"]:
+        if c["name"] in by_name:
+            raise DatasetError(f"{source}: two categories are named '{c['name']}'; subset by name is ambiguous")
+        by_name[c["name"]] = c["id"]
+    missing = [n for n in classes if n not in by_name]
+    if missing:
+        raise DatasetError(f"{source}: classes {missing} are not among its categories ({', '.join(by_name)}); "
+                           f"fix --classes")
+    if len(set(classes)) != len(classes):
+        raise DatasetError(f"--classes names a class twice: {list(classes)}")
+    new_id = {by_name[n]: k + 1 for k, n in enumerate(classes)}
+    old_cat = {c["id"]: c for c in data["categories"]}
+    out = {k: deepcopy(v) for k, v in data.items() if k not in ("images", "annotations", "categories")}
+    out["categories"] = [{**deepcopy(old_cat[by_name[n]]), "id": k + 1} for k, n in enumerate(classes)]
+    out["annotations"] = [{**deepcopy(a), "category_id": new_id[a["category_id"]]}
+                          for a in data["annotations"] if a["category_id"] in new_id]
+    used = {a["image_id"] for a in out["annotations"]}
+    out["images"] = [deepcopy(im) for im in data["images"] if keep_empty or im["id"] in used]
+    return out
+
+
+def _permuted_ids(data: dict, seed: int) -> list:
+    ids = sorted(im["id"] for im in data["images"])
+    return [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+
+
+def split_coco(data: dict, val_fraction: float, seed: int = 0) -> tuple[dict, dict]:
+    """``(train, val)``: a random ``val_fraction`` of the images (rounded, at least one when the
+    fraction is positive and there are two or more images) with their annotations go to val,
+    the rest to train. The same ``seed`` gives the same split."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DatasetError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    order = _permuted_ids(data, seed)
+    n_val = min(max(int(round(len(order) * val_fraction)), 1 if len(order) > 1 else 0), max(len(order) - 1, 0))
+    val = set(order[:n_val])
+    return _with_images(data, set(order) - val), _with_images(data, val)
+
+
+def kfold_coco(data: dict, folds: int, seed: int = 0) -> list[tuple[dict, dict]]:
+    """K-fold cross-validation splits: the images, shuffled with ``seed``, are cut into ``folds``
+    parts of near-equal size; fold ``k`` is ``(all other parts, part k)``."""
+    order = _permuted_ids(data, seed)
+    if folds < 2 or folds > len(order):
+        raise DatasetError(f"--folds must be between 2 and the number of images ({len(order)}), got {folds}")
+    parts = [set(p.tolist()) for p in np.array_split(np.array(order, dtype=object), folds)]
+    return [(_with_images(data, set(order) - part), _with_images(data, part)) for part in parts]

@@ -1,0 +1,235 @@
+"""Inference on pictures with a trained checkpoint: ``Detector.from_checkpoint(path).predict(image)``.
+
+A checkpoint written by ``detection_train.py`` carries its resolved config (``state["config"]``,
+a dict of sections) and its class names, so no config file is needed::
+
+    det = Detector.from_checkpoint("runs/demo/epoch_0010.pt")
+    pred = det.predict("street.jpg")          # path, PIL image or HxWx3 uint8 array
+    pred.boxes, pred.scores, pred.names       # xyxy in pixels of the picture as given
+
+Test-time augmentation (``tta=TTAPlan.parse("flip,0.8,1.2")``) runs extra passes (mirrored,
+rescaled inputs) and fuses them with weighted boxes fusion.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+
+from core.checkpoint import CheckpointError, load_checkpoint
+from core.config import Config, _collect_sections, load_config
+from core.data.dataset import DetectionDataset, collate
+from core.data.records import ImageRecord
+from core.data.transforms import DetectionTransform, build_transform
+from core.engine.runtime import autocast, select_device
+from core.ensemble import WBF_IOU, TTAPlan, flip_inputs, fuse_detections, scaled_size, unflip_boxes
+from core.postprocess import Detections
+from core.task import build_task
+
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
+TTA_SIZE_MULTIPLE = 32  # rescaled TTA inputs are rounded to a multiple of this (the P5 stride)
+
+
+@dataclass
+class Prediction:
+    """One picture's detections: ``boxes`` float32 ``[K, 4]`` xyxy in pixels of the picture as given
+    (original pixels), ``scores`` float32 ``[K]`` (best first), ``labels`` int64 ``[K]`` contiguous
+    class indices, ``names`` the class name of each detection."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def config_from_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Config:
+    """The :class:`Config` a checkpoint was trained with, rebuilt from ``state["config"]`` on top of
+    ``config/base.py``'s defaults (so fields added since the checkpoint was written get their
+    defaults; fields no longer declared are ignored)."""
+    saved = state.get("config")
+    if not isinstance(saved, dict) or not saved:
+        raise CheckpointError(f"checkpoint '{path}' carries no config; pass config=... (the experiment module)")
+    from config import base
+
+    sections = _collect_sections(base)
+    for name, values in saved.items():
+        if name in sections and isinstance(values, dict):
+            sections[name].update({k: v for k, v in values.items() if k in sections[name]})
+    return Config(sections, source=f"{path} (embedded config)")
+
+
+def to_pil(image: ImageInput) -> Image.Image:
+    """A path, PIL image or ``[H, W, 3]`` uint8 RGB array as an RGB PIL image."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"an array image must be HxWx3 uint8 RGB, got shape {image.shape} dtype {image.dtype}")
+        return Image.fromarray(np.ascontiguousarray(image))
+    path = Path(image)
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image '{path}' not found") from None
+    except OSError as err:
+        raise ValueError(f"cannot read image '{path}' ({err})") from None
+
+
+class Detector:
+    """A trained network ready for inference (eval mode, on ``device``).
+
+    ``cfg`` supplies the input size, normalisation and post-processing (``test`` section);
+    ``class_names[c]`` / ``category_ids[c]`` name contiguous label ``c``.
+    """
+
+    def __init__(self, model: nn.Module, cfg: Config, class_names: Sequence[str], category_ids: Sequence[int],
+                 device: torch.device, task: Any | None = None, source: str = "") -> None:
+        self.model = model.to(device).eval()
+        self.cfg = cfg
+        self.task = task if task is not None else build_task(cfg, model)
+        self.class_names = list(class_names)
+        self.category_ids = list(category_ids)
+        self.device = device
+        self.source = source
+        self.amp = bool(cfg.General.fp16) and device.type == "cuda"
+        self.size_multiple = TTA_SIZE_MULTIPLE
+        self.wbf_iou = WBF_IOU  # IoU at which WBF joins the boxes of TTA passes
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, config: str | os.PathLike | Config | None = None,
+                        device: str | torch.device = "auto", overrides: Iterable[str] = ()) -> "Detector":
+        """Load a checkpoint (EMA weights when saved). ``config``: None to use the config embedded in
+        the checkpoint, else a config module path or a :class:`Config`; ``overrides``
+        (``Section.field=value``) are applied to it (e.g. ``test.min_det_score=0.3``)."""
+        from symbol.builder import build_detector
+
+        state = load_checkpoint(Path(path), map_location="cpu")
+        class_names = state.get("class_names")
+        if not class_names:
+            raise CheckpointError(f"checkpoint '{path}' has no class_names; it was not written by detection_train.py")
+        if config is None:
+            cfg = config_from_checkpoint(state, path)
+        elif isinstance(config, Config):
+            cfg = config
+        else:
+            cfg = load_config(config)
+        for assignment in overrides:
+            cfg.override(assignment)
+        model = build_detector(cfg, len(class_names))
+        weights = state["ema"] if state.get("ema") is not None else state["model"]
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as err:
+            raise CheckpointError(f"checkpoint '{path}' does not fit config {cfg.source}: {str(err).splitlines()[0]} "
+                                  "(was it trained with another backbone/neck/head?)") from None
+        ids = state.get("category_ids") or list(range(1, len(class_names) + 1))
+        dev = device if isinstance(device, torch.device) else select_device(device)
+        return cls(model, cfg, class_names, ids, dev, source=str(path))
+
+    # ------------------------------------------------------------------ passes
+    def transform(self, scale: float = 1.0) -> DetectionTransform:
+        """The evaluation transform at ``scale`` x the config's input size (other than 1: rounded to
+        a multiple of ``TTA_SIZE_MULTIPLE``; the networks' ceil-halving pyramids take any size)."""
+        d = self.cfg.dataset
+        if scale == 1.0:
+            return build_transform(d.image_size, d.mean, d.std, train=False)
+        return build_transform(scaled_size(d.image_size, scale, self.size_multiple), d.mean, d.std, train=False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, targets: Sequence[dict[str, Any]], flip: bool = False) -> list[Detections]:
+        """Detections of a padded batch ``[B, 3, S, S]`` made by :meth:`transform`, boxes xyxy in
+        *original* pixels (``targets[i]``: ``scale``, ``orig_size``). ``flip``: run on the mirrored
+        pictures and mirror the boxes back."""
+        widths = [max(1, round(t["orig_size"][1] * t["scale"])) for t in targets]
+        x = flip_inputs(images, widths) if flip else images
+        x = x.to(self.device, memory_format=torch.channels_last)
+        with autocast(self.device, self.amp):
+            outputs = self.model(x)
+        out = []
+        for det, t, w in zip(self.task.detect(outputs, x), targets, widths):
+            if flip:
+                det = Detections(unflip_boxes(det.boxes, float(w)), det.scores, det.labels)
+            out.append(det.rescale(t["scale"], t["orig_size"]).to_cpu())
+        return out
+
+    def _fuse(self, passes: list[Detections]) -> Detections:
+        if len(passes) == 1:
+            return passes[0]
+        return fuse_detections(passes, iou_thr=self.wbf_iou, max_det=self.cfg.test.max_det_per_image)
+
+    def predict_records(self, records: Sequence[ImageRecord], tta: TTAPlan | None = None,
+                        batch_size: int | None = None, workers: int = 0) -> dict[int, Detections]:
+        """Detections per ``image_id`` of dataset records, boxes xyxy original pixels; with ``tta``
+        each pass (scale, flip) runs over all records and the passes are fused per image by WBF."""
+        plan = tta or TTAPlan()
+        bs = batch_size or self.cfg.test.batch_image
+        runs: list[dict[int, Detections]] = []
+        for scale, flips in _group_passes(plan):
+            loader = DataLoader(DetectionDataset(records, self.transform(scale)), batch_size=bs,
+                                num_workers=workers, collate_fn=collate)
+            per_flip: list[dict[int, Detections]] = [{} for _ in flips]
+            for images, targets in loader:
+                for k, flip in enumerate(flips):
+                    for det, t in zip(self.forward(images, targets, flip), targets):
+                        per_flip[k][t["image_id"]] = det
+            runs += per_flip
+        if len(runs) == 1:
+            return runs[0]
+        return {i: self._fuse([run[i] for run in runs]) for i in runs[0]}
+
+    # ------------------------------------------------------------------ pictures
+    def predict_many(self, images: Sequence[ImageInput], score_thresh: float = 0.0, tta: TTAPlan | None = None,
+                     batch_size: int | None = None) -> list[Prediction]:
+        """:meth:`predict` for several pictures, batched."""
+        pictures = [to_pil(im) for im in images]
+        plan = tta or TTAPlan()
+        bs = batch_size or self.cfg.test.batch_image
+        passes: list[list[Detections]] = [[] for _ in pictures]
+        for scale, flips in _group_passes(plan):
+            tf = self.transform(scale)
+            for start in range(0, len(pictures), bs):
+                chunk = pictures[start:start + bs]
+                tensors, targets = [], []
+                for pic in chunk:
+                    x, _, _, s = tf(pic, np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
+                    tensors.append(x)
+                    targets.append({"scale": s, "orig_size": (pic.height, pic.width)})
+                batch = torch.stack(tensors)
+                for flip in flips:
+                    for k, det in enumerate(self.forward(batch, targets, flip)):
+                        passes[start + k].append(det)
+        out = []
+        for dets in passes:
+            det = self._fuse(dets)
+            keep = det.scores >= score_thresh
+            boxes, scores, labels = det.boxes[keep].numpy(), det.scores[keep].numpy(), det.labels[keep].numpy()
+            order = np.argsort(-scores, kind="stable")
+            labels = labels[order].astype(np.int64)
+            out.append(Prediction(boxes[order].astype(np.float32), scores[order].astype(np.float32), labels,
+                                  [self.class_names[c] for c in labels.tolist()]))
+        return out
+
+    def predict(self, image: ImageInput, score_thresh: float = 0.0, tta: TTAPlan | None = None) -> Prediction:
+        """Detect objects in one picture (a path, PIL image or ``[H, W, 3]`` uint8 RGB array).
+
+        Boxes are xyxy in pixels of the picture as given (not of the network input), clipped to
+        it; detections scoring below ``score_thresh`` (and the config's ``test.min_det_score``)
+        are left out.
+        """
+        return self.predict_many([image], score_thresh, tta, batch_size=1)[0]
+
+
+def _group_passes(plan: TTAPlan) -> list[tuple[float, tuple[bool, ...]]]:
+    """The plan's passes grouped by scale: ``[(scale, (False[, True])), ...]``."""
+    return [(s, (False, True) if plan.flip else (False,)) for s in plan.scales]

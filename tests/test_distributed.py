@@ -1,0 +1,110 @@
+"""torch.distributed: 2 CPU processes (gloo) train exactly like 1 process with the same total batch."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# BatchNorm statistics depend on the per-process batch (SyncBatchNorm fixes that on GPUs, but
+# PyTorch has no CPU SyncBatchNorm), so the comparison freezes BatchNorm in both runs: what is
+# compared is the distributed machinery itself (sharding, loss normalisation, gradient averaging,
+# evaluation gathering, rank-0 writing). The frozen statistics come from one fixed batch.
+DRIVER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    import torch.nn as nn
+    from timm.layers import freeze_batch_norm_2d  # keeps the activation of timm's BatchNormAct2d
+
+    def calibrated(model, cfg):
+        # BatchNorm statistics of 8 real validation images, then frozen
+        import torch
+        from core.data.loader import build_loader
+        from core.data.spec import load_dataset_spec, read_split
+        images, _ = next(iter(build_loader(cfg, read_split(load_dataset_spec(cfg.dataset.data), "val"),
+                                           train=False, batch_size=8)))
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None
+        model.train()
+        with torch.no_grad():
+            model(images)
+        return freeze_batch_norm_2d(model)
+
+    import core.engine.trainer as trainer_module
+    real_build = trainer_module.build_detector
+    trainer_module.build_detector = lambda cfg, n: calibrated(real_build(cfg, n), cfg)
+    from core.config import load_config
+    cfg = load_config({root!r} + "/config/demo.py", sys.argv[1:])
+    stats = trainer_module.Trainer(cfg).fit()
+    if stats:
+        print("AP50", stats["AP50"])
+""")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("ddpdata")
+    yaml_path = folder / "tiny.yaml"
+    yaml_path.write_text(
+        "format: coco\nroot: tiny\n"
+        "train: {images: images/train, annotations: annotations/train.json}\n"
+        "val: {images: images/val, annotations: annotations/val.json}\n"
+        "synthesize: {kind: shapes, train_images: 16, val_images: 6, image_size: 96, seed: 7}\n"
+    )
+    return yaml_path
+
+
+def run(tmp_path: Path, data: Path, name: str, processes: int) -> subprocess.CompletedProcess:
+    script = tmp_path / "ddp_driver.py"
+    script.write_text(DRIVER.format(root=str(ROOT)))
+    args = [f"dataset.data={data}", "dataset.image_size=96", f"General.work_dir={tmp_path}", f"General.name={name}",
+            f"General.batch_image={4 // processes}", "General.loader_worker=0", "General.deterministic=True",
+            "schedule.end_epoch=1", "schedule.eval_every=1", "optimizer.lr_batch=4", "test.batch_image=2",
+            "optimizer.type=sgd", "optimizer.lr=0.01"]
+    if processes == 1:
+        cmd = [sys.executable, str(script), *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+               f"--master_port={free_port()}", str(script), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_two_gloo_processes_equal_one_process(tiny_data: Path, tmp_path: Path) -> None:
+    one = run(tmp_path, tiny_data, "one", 1)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run(tmp_path, tiny_data, "two", 2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 process(es)" in two.stderr
+
+    a = load_checkpoint(tmp_path / "one" / "epoch_0001.pt")
+    b = load_checkpoint(tmp_path / "two" / "epoch_0001.pt")
+    assert a["step"] == b["step"] == 4
+    for key, value in a["model"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(b["model"][key], value, rtol=1e-4, atol=1e-4, msg=key)
+    # rank 0 alone wrote the log; evaluation gathered all 6 val images from both ranks
+    ap_one = [line for line in one.stdout.splitlines() if line.startswith("AP50")]
+    ap_two = [line for line in two.stdout.splitlines() if line.startswith("AP50")]
+    assert len(ap_two) == 1
+    assert float(ap_one[0].split()[1]) == pytest.approx(float(ap_two[0].split()[1]), abs=1e-3)
+    assert len((tmp_path / "two" / "log.jsonl").read_text().splitlines()) == len(
+        (tmp_path / "one" / "log.jsonl").read_text().splitlines())

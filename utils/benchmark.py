@@ -1,0 +1,194 @@
+"""Training and inference speed of a config's detector, optionally side by side with effdet.
+
+    python -m utils.benchmark --config config/effdet_b0.py [--compare effdet] [--channels-last] [--compile]
+
+Prints images/s for a training step (forward, loss with target assignment, backward, SGD step;
+batch ``--train-batch``) and for prediction including post-processing (batch
+``--predict-batch``), at the config's input size, on random images with a few random boxes.
+``--compare effdet`` times effdet's matching model (``tf_efficientdet_d{phi}`` for effdet_b{phi})
+in its ``DetBenchTrain`` / ``DetBenchPredict`` in the same process, same threads, same inputs,
+alternating one iteration of each so that machine noise hits both sides alike, and prints the
+DetLab / effdet ratios. On a GPU it also prints achieved TFLOP/s and the fraction of the device's
+dense bf16 peak.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+import time
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from core.config import load_config
+from core.engine.runtime import autocast, select_device
+from core.task import build_task
+from symbol.builder import build_detector
+
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}
+
+
+def random_targets(batch: int, size: int, num_classes: int, generator: torch.Generator) -> list[dict]:
+    """Four random boxes per image: xyxy input pixels, labels ``0..C-1``."""
+    targets = []
+    for _ in range(batch):
+        xy = torch.rand(4, 2, generator=generator) * size * 0.7
+        wh = 16 + torch.rand(4, 2, generator=generator) * size * 0.3
+        targets.append({"boxes": torch.cat([xy, (xy + wh).clamp(max=size)], 1),
+                        "labels": torch.randint(0, num_classes, (4,), generator=generator)})
+    return targets
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(fns: dict[str, Callable[[], None]], iters: int, warmup: int,
+                     device: torch.device) -> dict[str, float]:
+    """Median seconds per call of each function, calling them in turn ``iters`` times."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(iters):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def detlab_fns(cfg, num_classes: int, device: torch.device, train_batch: int, predict_batch: int,
+               channels_last: bool, compile_model: bool, amp: bool) -> tuple[dict[str, Callable[[], None]], float]:
+    """Callables for one DetLab training step and one prediction; also GFLOPs per image (forward)."""
+    size = cfg.dataset.image_size
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_detector(cfg, num_classes).to(device, memory_format=fmt)
+    task = build_task(cfg, model)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(torch.randn(1, 3, size, size, device=device))
+    gflops = counter.get_total_flops() / 1e9
+    net = torch.compile(model) if compile_model else model
+    gen = torch.Generator().manual_seed(0)
+    train_x = torch.randn(train_batch, 3, size, size, generator=gen).to(device, memory_format=fmt)
+    predict_x = torch.randn(predict_batch, 3, size, size, generator=gen).to(device, memory_format=fmt)
+    targets = random_targets(train_batch, size, num_classes, gen)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def train() -> None:
+        model.train()
+        with autocast(device, amp):
+            outputs = net(train_x)
+        loss = task.loss(outputs, train_x, targets)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    @torch.no_grad()
+    def predict() -> None:
+        model.eval()
+        with autocast(device, amp):
+            outputs = net(predict_x)
+        task.detect(outputs, predict_x)
+
+    return {"train": train, "predict": predict}, gflops
+
+
+def effdet_fns(cfg, num_classes: int, device: torch.device, train_batch: int, predict_batch: int,
+               channels_last: bool, compile_model: bool, amp: bool) -> dict[str, Callable[[], None]]:
+    """The same two callables for effdet's matching ``tf_efficientdet_d{phi}``."""
+    try:
+        import effdet
+    except ImportError:
+        raise SystemExit("error: --compare effdet needs the effdet package (pip install effdet)") from None
+    match = re.fullmatch(r"tf_efficientnet_b(\d)", cfg.backbone.name)
+    if not match:
+        raise SystemExit(f"error: no effdet model matches backbone '{cfg.backbone.name}' (tf_efficientnet_bN only)")
+    name = f"tf_efficientdet_d{match.group(1)}"
+    size = cfg.dataset.image_size
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    train_bench = effdet.create_model(name, bench_task="train", bench_labeler=True, num_classes=num_classes,
+                                      pretrained=False,
+                                      pretrained_backbone=False, image_size=(size, size)).to(device, memory_format=fmt)
+    predict_bench = effdet.DetBenchPredict(train_bench.model)
+    if compile_model:
+        train_bench.model = torch.compile(train_bench.model)
+    gen = torch.Generator().manual_seed(0)
+    train_x = torch.randn(train_batch, 3, size, size, generator=gen).to(device, memory_format=fmt)
+    predict_x = torch.randn(predict_batch, 3, size, size, generator=gen).to(device, memory_format=fmt)
+    boxes = [t["boxes"] for t in random_targets(train_batch, size, num_classes, gen)]
+    target = {"bbox": torch.stack([b[:, [1, 0, 3, 2]] for b in boxes]).to(device),  # effdet wants yxyx
+              "cls": torch.randint(1, num_classes + 1, (train_batch, 4), generator=gen).float().to(device)}
+    optimizer = torch.optim.SGD(train_bench.parameters(), lr=1e-4, momentum=0.9)
+
+    def train() -> None:
+        train_bench.train()
+        with autocast(device, amp):
+            loss = train_bench(train_x, target)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    @torch.no_grad()
+    def predict() -> None:
+        predict_bench.eval()
+        with autocast(device, amp):
+            predict_bench(predict_x)
+
+    return {"train": train, "predict": predict}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--set", action="append", default=[], metavar="Section.field=value")
+    parser.add_argument("--num-classes", type=int, default=90)
+    parser.add_argument("--train-batch", type=int, default=2)
+    parser.add_argument("--predict-batch", type=int, default=1)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks (both sides)")
+    parser.add_argument("--compare", choices=["effdet"])
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+
+    cfg = load_config(args.config, args.set)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = select_device(cfg.General.device)
+    amp = bool(cfg.General.fp16) and device.type == "cuda"
+    sizes = dict(train_batch=args.train_batch, predict_batch=args.predict_batch, channels_last=args.channels_last,
+                 compile_model=args.compile, amp=amp)
+    fns, gflops = detlab_fns(cfg, args.num_classes, device, **sizes)
+    runs = {f"detlab/{k}": v for k, v in fns.items()}
+    if args.compare == "effdet":
+        runs.update({f"effdet/{k}": v for k, v in effdet_fns(cfg, args.num_classes, device, **sizes).items()})
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x {torch.get_num_threads()} threads"
+    print(f"{cfg.source}: {cfg.dataset.image_size} px, {args.num_classes} classes, {device_name}, "
+          f"channels_last={args.channels_last}, compile={args.compile}, amp={amp}, {args.iters} timed iterations")
+    times = time_interleaved(runs, args.iters, args.warmup, device)
+    batch = {"train": args.train_batch, "predict": args.predict_batch}
+    print(f"{'':18}{'ms/iter':>10}{'images/s':>10}")
+    for name, seconds in times.items():
+        print(f"{name:18}{seconds * 1e3:10.1f}{batch[name.split('/')[1]] / seconds:10.2f}")
+    if args.compare:
+        for kind in ("train", "predict"):
+            print(f"ratio {kind} images/s detlab/effdet: {times[f'effdet/{kind}'] / times[f'detlab/{kind}']:.2f}")
+    if device.type == "cuda":
+        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device_name), None)
+        for kind, factor in (("train", 3.0), ("predict", 1.0)):  # backward ~ 2 x forward
+            tflops = gflops * factor * batch[kind] / times[f"detlab/{kind}"] / 1e3
+            share = f" = {tflops / peak:.1%} of {peak:.0f} bf16 peak" if peak else ""
+            print(f"detlab/{kind}: {tflops:.1f} TFLOP/s achieved{share}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
