@@ -277,7 +277,9 @@ def test_pretrain_errors_name_the_field_and_fix() -> None:
 
 TRAIN_EPOCHS = 10        # (a): 48 images / batch 8 = 6 steps an epoch
 FINETUNE_EPOCHS = 6      # (b)
-SUBSET = ["circle", "triangle"]
+SUBSET = ["triangle", "circle"]
+FINETUNE_AP50 = 0.25     # (b): the AP50 both fine-tuning runs race to
+FROZEN = ["backbone.body.conv_stem.*", "backbone.body.bn1.*", "backbone.body.blocks.0.*"]
 
 
 def _write_yaml(folder: Path, name: str, classes: list[str] | None) -> Path:
@@ -286,49 +288,136 @@ def _write_yaml(folder: Path, name: str, classes: list[str] | None) -> Path:
         "format: coco\nroot: shapes\n" + (f"classes: [{', '.join(classes)}]\n" if classes else "")
         + "train: {images: images/train, annotations: annotations/train.json}\n"
         "val: {images: images/val, annotations: annotations/val.json}\n"
-        # pictures drawn at 64 px and fed at 128 px: objects of 24-58 px input pixels, as the Lite anchors expect
+        # pictures drawn at 64 px and fed at 128 px: objects of 24-58 input pixels, as the Lite anchors (24 px up) expect
         "synthesize: {kind: shapes, train_images: 48, val_images: 16, image_size: 64, seed: 3}\n")
     return path
 
 
 def _overrides(data: Path, work_dir: Path, name: str, epochs: int) -> list[str]:
+    """effdet_lite0 at test size: 128 px inputs and one BiFPN layer and one head conv (instead of 3 and 3),
+    SGD without EMA; everything else, the backbone above all, as in config/effdet_lite0.py."""
     return [f"dataset.data={data}", "dataset.image_size=128", "dataset.scale_min=0.8", "dataset.scale_max=1.2",
+            "neck.repeats=1", "head.repeats=1",
             f"General.work_dir={work_dir}", f"General.name={name}", "General.batch_image=8",
             "General.loader_worker=0", "General.deterministic=True", "General.log_frequency=1",
             f"schedule.end_epoch={epochs}", "schedule.eval_every=1", "schedule.warmup_epochs=1.0",
-            "optimizer.type=sgd", "optimizer.lr=0.04", "optimizer.lr_batch=8", "test.batch_image=16"]
+            "optimizer.type=sgd", "optimizer.lr=0.04", "optimizer.lr_batch=8", "optimizer.ema_decay=0.0",
+            "test.batch_image=16"]
 
 
-def _train(config: str, overrides: list[str]) -> tuple[list[dict], list[dict]]:
-    """Train; return the run's (train rows, eval rows) of log.jsonl."""
+def _train(overrides: list[str]) -> tuple[list[dict], list[dict], Path]:
+    """Train config/effdet_lite0.py with ``overrides``; the run's train rows, eval rows and folder."""
     from core.engine.trainer import Trainer
 
-    cfg = load_config(ROOT / config, overrides)
+    cfg = load_config(ROOT / "config/effdet_lite0.py", overrides)
     Trainer(cfg).fit()
-    rows = [json.loads(line) for line in (Path(cfg.General.work_dir) / cfg.General.name / "log.jsonl")
-            .read_text().splitlines()]
-    return [r for r in rows if r["kind"] == "train"], [r for r in rows if r["kind"] == "eval"]
+    out = Path(cfg.General.work_dir) / cfg.General.name
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == "train"], [r for r in rows if r["kind"] == "eval"], out
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     """effdet_lite0 trained the same number of steps from the converted ImageNet Lite0 weights and from
-    random initialisation (all four shape classes); the data sets and run folders."""
+    random initialisation, on all four shape classes; plus the data sets and the working folder."""
     folder = tmp_path_factory.mktemp("pretrain")
     data = _write_yaml(folder, "all", None)
-    subset = _write_yaml(folder, "subset", SUBSET)
-    out = {"folder": folder, "data": data, "subset": subset}
+    out = {"folder": folder, "data": data, "subset": _write_yaml(folder, "subset", SUBSET)}
     for name, weights in (("imagenet", LITE_FILES["lite0"]), ("scratch", "")):
-        out[name] = _train("config/effdet_lite0.py", _overrides(data, folder, name, TRAIN_EPOCHS)
-                           + [f"pretrain.backbone_weights={weights}"])
+        out[name] = _train(_overrides(data, folder, name, TRAIN_EPOCHS) + [f"pretrain.backbone_weights={weights}"])
     return out
 
 
 def test_imagenet_lite0_beats_random_init(runs: dict) -> None:
     """(a) The converted ImageNet weights give a higher AP50 than random initialisation after the same steps."""
     pre, scratch = runs["imagenet"][1], runs["scratch"][1]
-    print("\nAP50 by epoch, ImageNet Lite0:", [round(r["AP50"], 3) for r in pre])
-    print("AP50 by epoch, random init:   ", [round(r["AP50"], 3) for r in scratch])
-    print(f"after {pre[-1]['step']} steps: AP50 {pre[-1]['AP50']:.3f} (ImageNet) vs {scratch[-1]['AP50']:.3f} (scratch)")
-    assert pre[-1]["step"] == scratch[-1]["step"]
-    assert pre[-1]["AP50"] > scratch[-1]["AP50"]
+    print("\n(a) AP50 by epoch, ImageNet Lite0:", [round(r["AP50"], 3) for r in pre])
+    print("(a) AP50 by epoch, random init:   ", [round(r["AP50"], 3) for r in scratch])
+    print(f"(a) after {pre[-1]['step']} steps: AP50 {pre[-1]['AP50']:.3f} from ImageNet Lite0 vs "
+          f"{scratch[-1]['AP50']:.3f} from random init")
+    assert pre[-1]["step"] == scratch[-1]["step"] == TRAIN_EPOCHS * 6
+    assert pre[-1]["AP50"] > scratch[-1]["AP50"] + 0.1
+
+
+def _steps_to(evals: list[dict], ap50: float) -> float:
+    return next((r["step"] for r in evals if r["AP50"] >= ap50), math.inf)
+
+
+def test_strip_head_then_finetune_on_subset_beats_random_init(runs: dict, capsys) -> None:
+    """(b) The ImageNet run's checkpoint, stripped of its predictors and fine-tuned on two of the four
+    classes (stem and first stage frozen), starts from a lower loss and reaches FINETUNE_AP50 in fewer
+    steps than the same config from random initialisation."""
+    folder = runs["folder"]
+    source = runs["imagenet"][2] / f"epoch_{TRAIN_EPOCHS:04d}.pt"
+    stripped = folder / "stripped.pt"
+    assert param_surgery.main([str(source), str(stripped), "--strip-head"]) == 0
+    printed = capsys.readouterr().out
+    assert "removed 6:" in printed and "head.class_net.predict.* (3)" in printed
+    state = load_checkpoint(stripped)
+    assert not any(".predict." in k for k in state["model"]) and "optimizer" not in state
+
+    common = _overrides(runs["subset"], folder, "finetune", FINETUNE_EPOCHS) + [
+        "pretrain.backbone_weights=", f"pretrain.fixed_param={FROZEN!r}"]
+    tune_train, tune_eval, tune_dir = _train(common + [f"pretrain.detector_weights={stripped}"])
+    summary = capsys.readouterr().err
+    assert "missing in checkpoint (newly initialised): 6 - head.class_net.predict.* (3), head.box_net.predict.* (3)" \
+        in summary and "froze 9 of" in summary
+    scratch_train, scratch_eval, _ = _train([o.replace("General.name=finetune", "General.name=finetune_scratch")
+                                             for o in common])
+    first_tune, first_scratch = tune_train[0]["loss"], scratch_train[0]["loss"]
+    steps_tune, steps_scratch = _steps_to(tune_eval, FINETUNE_AP50), _steps_to(scratch_eval, FINETUNE_AP50)
+    print(f"\n(b) first-step loss: {first_tune:.3f} fine-tuned vs {first_scratch:.3f} random init")
+    print("(b) AP50 by epoch, fine-tuned: ", [round(r["AP50"], 3) for r in tune_eval])
+    print("(b) AP50 by epoch, random init:", [round(r["AP50"], 3) for r in scratch_eval])
+    print(f"(b) steps to AP50 >= {FINETUNE_AP50}: {steps_tune} fine-tuned vs {steps_scratch} random init")
+    assert first_tune < first_scratch
+    assert steps_tune < steps_scratch
+
+    # the frozen parameters and their BatchNorm statistics are exactly the source checkpoint's
+    tuned = load_checkpoint(tune_dir / f"epoch_{FINETUNE_EPOCHS:04d}.pt")["model"]
+    frozen = [k for k in tuned if k.startswith(("backbone.body.conv_stem.", "backbone.body.bn1.",
+                                                 "backbone.body.blocks.0."))]
+    assert len(frozen) == 9 + 3 * 3  # 9 parameters, 3 BatchNorms' running mean / var / count
+    original = state["model"]
+    for k in frozen:
+        assert torch.equal(tuned[k], original[k]), k
+    assert not torch.equal(tuned["backbone.body.blocks.1.0.conv_pw.weight"], original["backbone.body.blocks.1.0.conv_pw.weight"])
+
+
+def test_keep_classes_gives_the_same_detections(runs: dict) -> None:
+    """(c) --keep-classes on a checkpoint: a detector of those classes (as detection_test.py loads it)
+    whose logits and detections for them equal the full model's, class by class."""
+    from core.data.loader import build_loader
+    from core.data.spec import load_dataset_spec, read_split
+    from core.engine.tester import load_trained
+
+    folder = runs["folder"]
+    source = runs["imagenet"][2] / f"epoch_{TRAIN_EPOCHS:04d}.pt"
+    kept_path = folder / "kept.pt"
+    assert param_surgery.main([str(source), str(kept_path), "--keep-classes", ",".join(SUBSET)]) == 0
+    overrides = _overrides(runs["subset"], folder, "kept", 1) + [
+        "test.top_n=100000", "test.max_det_per_image=100000", "test.min_det_score=0.05"]  # no truncation
+    cfg = load_config(ROOT / "config/effdet_lite0.py", overrides)
+    full_cfg = load_config(ROOT / "config/effdet_lite0.py", overrides + [f"dataset.data={runs['data']}"])
+    kept = load_trained(cfg, kept_path, torch.device("cpu"))
+    full = load_trained(full_cfg, source, torch.device("cpu"))
+    spec = load_dataset_spec(runs["subset"])
+    assert kept.class_names == SUBSET == spec.class_names and kept.category_ids == spec.category_ids
+    index = [full.class_names.index(c) for c in SUBSET]  # kept label j is full label index[j]
+
+    images, _ = next(iter(build_loader(cfg, read_split(spec, "val"), train=False, batch_size=16)))
+    with torch.no_grad():
+        kept_out, full_out = kept.model(images), full.model(images)
+    channels = [a * 4 + c for a in range(9) for c in index]
+    for k, f in zip(kept_out[0], full_out[0]):
+        assert torch.equal(k, f[:, channels])
+    for k, f in zip(kept_out[1], full_out[1]):
+        assert torch.equal(k, f)
+    compared = 0
+    for k_det, f_det in zip(kept.task.detect(kept_out, images), full.task.detect(full_out, images)):
+        for j, c in enumerate(index):
+            a, b = k_det.labels == j, f_det.labels == c
+            assert torch.equal(k_det.boxes[a], f_det.boxes[b]) and torch.equal(k_det.scores[a], f_det.scores[b])
+            compared += int(a.sum())
+    print(f"\n(c) {compared} detections of {SUBSET} identical in the kept-classes and the full model")
+    assert compared > 0
