@@ -20,6 +20,8 @@ class General(Section):
     device = "auto"              # auto | cpu | cuda
     keep_checkpoints = 5         # newest epoch checkpoints kept in the run folder (0 = all)
     sync_bn = False              # SyncBatchNorm across processes (GPU runs under torchrun)
+    bn_momentum = 0.01           # weight of each batch in BatchNorm running statistics (TensorFlow's decay 0.99);
+                                 # short runs need more (0.1), or evaluation sees stale statistics
 
 
 class schedule(Section):

@@ -11,8 +11,8 @@ momentum 0.9, weight decay 1e-4, 50 epochs with the lr x 0.1 at epochs 30 and 40
 0.8-1.2, horizontal flips, no EMA. The paper starts from ImageNet weights: add
 ``--set pretrain.backbone_weights=resnet50``.
 """
-from config import base, retina_r50_fpn
-from config.retina_r50_fpn import anchors, backbone, loss  # noqa: F401  (RetinaNet's)
+from config import base
+from config.retina_r50_fpn import anchors, backbone, head, loss  # noqa: F401  (RetinaNet's)
 
 
 class General(base.General):
@@ -50,7 +50,3 @@ class neck(base.neck):
     min_level = 3
     max_level = 7
     padding = ""
-
-
-class head(retina_r50_fpn.head):
-    pass

@@ -19,11 +19,15 @@ def config_parser(description: str) -> argparse.ArgumentParser:
 
 
 def load_from_args(args: argparse.Namespace) -> Config:
-    """The config named by ``args.config`` with ``--set`` and ``--data`` applied."""
+    """The config named by ``args.config`` with ``--set`` and ``--data`` applied, its values checked."""
+    from core.config_checks import check_values
+
     overrides = list(args.set)
     if args.data:
         overrides.append(f"dataset.data={args.data}")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    check_values(cfg)
+    return cfg
 
 
 def run_main(main: Callable[[], int | None]) -> None:

@@ -112,7 +112,7 @@ class Detector:
         """Load a checkpoint (EMA weights when saved). ``config``: None to use the config embedded in
         the checkpoint, else a config module path or a :class:`Config`; ``overrides``
         (``Section.field=value``) are applied to it (e.g. ``test.min_det_score=0.3``)."""
-        from symbol.builder import build_detector
+        from core.engine.tester import load_trained
 
         state = load_checkpoint(Path(path), map_location="cpu")
         class_names = state.get("class_names")
@@ -126,16 +126,9 @@ class Detector:
             cfg = load_config(config)
         for assignment in overrides:
             cfg.override(assignment)
-        model = build_detector(cfg, len(class_names))
-        weights = state["ema"] if state.get("ema") is not None else state["model"]
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as err:
-            raise CheckpointError(f"checkpoint '{path}' does not fit config {cfg.source}: {str(err).splitlines()[0]} "
-                                  "(was it trained with another backbone/neck/head?)") from None
-        ids = state.get("category_ids") or list(range(1, len(class_names) + 1))
         dev = device if isinstance(device, torch.device) else select_device(device)
-        return cls(model, cfg, class_names, ids, dev, source=str(path))
+        trained = load_trained(cfg, Path(path), dev, state)
+        return cls(trained.model, cfg, trained.class_names, trained.category_ids, dev, source=str(path))
 
     # ------------------------------------------------------------------ passes
     def transform(self, scale: float = 1.0) -> DetectionTransform:

@@ -201,3 +201,16 @@ def test_config_trains_a_few_steps(name: str) -> None:
         losses.append(float(loss.detach()))
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.98 * losses[0], losses
+
+
+def test_keep_classes_on_a_plain_conv_retinanet_head() -> None:
+    from core.convert.surgery import keep_classes
+
+    cfg = load_config(ROOT / "config" / "retina_r18_fpn.py")
+    full = build_detector(cfg, 3).state_dict()
+    kept = keep_classes(full, ["a", "b", "c"], ["c", "a"], "effdet").tensors
+    small = build_detector(cfg, 2)
+    small.load_state_dict(kept)  # strict: every shape fits a 2-class detector
+    w_full = full["head.class_net.predict.weight"].reshape(9, 3, *full["head.class_net.predict.weight"].shape[1:])
+    w_small = kept["head.class_net.predict.weight"].reshape(9, 2, *w_full.shape[2:])
+    assert torch.equal(w_small[:, 0], w_full[:, 2]) and torch.equal(w_small[:, 1], w_full[:, 0])

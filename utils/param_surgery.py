@@ -162,6 +162,7 @@ def _save_torch(obj: Any, path: Path) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("input", metavar="IN", help="weights file or pkg:MODULE/PATH")
@@ -243,6 +244,7 @@ def write(args: argparse.Namespace, wf: WeightsFile, results: dict[str, dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the tool; 0 on success, 2 with a one-line ``error:`` on stderr for a bad file or option."""
     args = parse_args(argv)
     try:
         run(args)

@@ -52,7 +52,8 @@ def compact_names(names: Iterable[str], universe: Iterable[str]) -> list[str]:
     chosen = list(dict.fromkeys(names))
     chosen_set = set(chosen)
     ordered = list(dict.fromkeys(universe))
-    ordered += [n for n in chosen if n not in set(ordered)]
+    known = set(ordered)
+    ordered += [n for n in chosen if n not in known]
     total: dict[str, int] = {}
     hit: dict[str, int] = {}
     for name in ordered:

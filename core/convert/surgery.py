@@ -81,7 +81,8 @@ def keep_classes(state: dict[str, torch.Tensor], class_names: list[str], keep: l
     out = dict(state)
     notes: list[str] = []
     if kind == "effdet":
-        targets = [k for k in state if k.startswith("head.class_net.predict.conv_pw.")]
+        # the predictor's output conv: conv_pw of the separable conv, or the plain conv (head.separable=False)
+        targets = [k for k in state if re.fullmatch(r"head\.class_net\.predict\.(conv_pw\.)?(weight|bias)", k)]
         per_anchor, fixed = num_classes, 0
     elif kind == "yolo":
         targets = [k for k in state if _YOLO_PREDICT.match(k)]

@@ -48,6 +48,7 @@ class WeightsFile:
 
     @property
     def class_names(self) -> list[str] | None:
+        """The DetLab checkpoint's class names (``None`` for other files)."""
         return list(self.checkpoint["class_names"]) if self.checkpoint and self.checkpoint.get("class_names") else None
 
 

@@ -295,6 +295,10 @@ def _box_problem(box: np.ndarray, width: int, height: int) -> tuple[str, str] | 
     if x1 < -t or y1 < -t or x2 > width + t or y2 > height + t:
         return BOX_OUTSIDE, (f"box {[x1, y1, x2, y2]} (xyxy) lies outside the {width}x{height} image "
                              f"by more than {t:g} px; fix the box or the image size")
+    clipped = _clip_box(box, width, height)  # float32, as the box will be stored
+    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+        return BOX_OUTSIDE, (f"box {[x1, y1, x2, y2]} (xyxy) has nothing left inside the {width}x{height} image; "
+                             "fix or remove it")
     return None
 
 
@@ -461,6 +465,9 @@ def read_coco(ann_file: Path, image_dir: Path, class_names: list[str], category_
             continue
         aid, iid, cid, bbox = fields
         where = f"annotation id {aid}"
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (iid, cid)):
+            sink(MALFORMED, ann_file, where, f"'image_id' and 'category_id' must be integers, got {iid!r}, {cid!r}")
+            continue
         rec = records.get(iid)
         image = rec.file_name if rec is not None else None
         if rec is None:
@@ -473,7 +480,7 @@ def read_coco(ann_file: Path, image_dir: Path, class_names: list[str], category_
         if a.get("iscrowd", 0) == 1 or cid not in label_of:
             continue
         if not (isinstance(bbox, list) and len(bbox) == 4
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)):
             sink(MALFORMED, ann_file, where, f"bbox must be [x, y, width, height], got {bbox!r}", image=image)
             continue
         x, y, bw, bh = bbox

@@ -41,9 +41,11 @@ def find_weights(cfg: Config, epoch: int | None = None, weights: str | None = No
     return found[1]
 
 
-def load_trained(cfg: Config, path: Path, device: torch.device) -> TrainedModel:
-    """Build ``cfg``'s network for the checkpoint's classes and load its weights (EMA when saved)."""
-    state = load_checkpoint(path, map_location="cpu")
+def load_trained(cfg: Config, path: Path, device: torch.device, state: dict | None = None) -> TrainedModel:
+    """Build ``cfg``'s network for the checkpoint's classes and load its weights (EMA when saved).
+    ``state`` is the checkpoint at ``path`` when the caller has read it already."""
+    if state is None:
+        state = load_checkpoint(path, map_location="cpu")
     class_names = state.get("class_names")
     if not class_names:
         raise CheckpointError(f"checkpoint '{path}' has no class_names; it was not written by detection_train.py")
@@ -55,8 +57,8 @@ def load_trained(cfg: Config, path: Path, device: torch.device) -> TrainedModel:
         raise CheckpointError(f"checkpoint '{path}' does not fit config {cfg.source}: {str(err).splitlines()[0]} "
                               "(was it trained with another backbone/neck/head?)") from None
     model.to(device).eval()
-    return TrainedModel(model, build_task(cfg, model), list(class_names),
-                        list(state["category_ids"]), Path(path))
+    category_ids = state.get("category_ids") or list(range(1, len(class_names) + 1))
+    return TrainedModel(model, build_task(cfg, model), list(class_names), list(category_ids), Path(path))
 
 
 def write_json(obj: Any, path: Path) -> None:

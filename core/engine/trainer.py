@@ -90,10 +90,13 @@ class Trainer:
 
         # channels_last is faster for these convnets on GPUs and on CPUs alike
         self.model = build_detector(cfg, self.spec.num_classes).to(self.device, memory_format=torch.channels_last)
+        for module in self.model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = g.bn_momentum
+        if g.sync_bn and self.dist.world_size > 1:  # before freezing, which must keep frozen norms frozen
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         apply_pretrain(self.model, cfg.pretrain, self.spec.class_names, log=self._print)  # weights, frozen params
         self.task = build_task(cfg, self.model)
-        if g.sync_bn and self.dist.world_size > 1:
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.total_batch = g.batch_image * self.dist.world_size
         self.base_lr = cfg.optimizer.lr * self.total_batch / cfg.optimizer.lr_batch
         self.optimizer = build_optimizer(self.model, cfg.optimizer)
@@ -151,7 +154,6 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.skipped_images = state.get("skipped_images", 0)
-        self._truncate_log(self.step)
         self._print(f"resumed from {path} (epoch {self.epoch}, step {self.step})")
 
     # ------------------------------------------------------------------ output
@@ -247,6 +249,7 @@ class Trainer:
         ``--resume``) and raise :class:`TrainingInterrupted`; a second signal stops at once.
         """
         cfg = self.cfg
+        self._truncate_log(self.step)  # rows of a killed attempt beyond the state we start from
         if self.dist.is_main:
             cfg.save(self.out / "config.json")
             shutil.copyfile(cfg.source, self.out / "config.py")
