@@ -228,3 +228,16 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     for assignment in overrides:
         cfg.override(assignment)
     return cfg
+
+
+def config_from_dict(saved: dict[str, dict[str, Any]], source: str) -> Config:
+    """A :class:`Config` from saved values (``Config.to_dict()``, as checkpoints carry them) on top of
+    ``config/base.py``'s defaults: fields declared since get their defaults, fields no longer
+    declared are ignored."""
+    from config import base
+
+    sections = _collect_sections(base)
+    for name, values in saved.items():
+        if name in sections and isinstance(values, dict):
+            sections[name].update({k: v for k, v in values.items() if k in sections[name]})
+    return Config(sections, source=source)

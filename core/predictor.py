@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from core.checkpoint import CheckpointError, load_checkpoint
-from core.config import Config, _collect_sections, load_config
+from core.config import Config, config_from_dict, load_config
 from core.data.dataset import DetectionDataset, collate
 from core.data.records import ImageRecord
 from core.data.transforms import DetectionTransform, build_transform
@@ -59,13 +59,7 @@ def config_from_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Co
     saved = state.get("config")
     if not isinstance(saved, dict) or not saved:
         raise CheckpointError(f"checkpoint '{path}' carries no config; pass config=... (the experiment module)")
-    from config import base
-
-    sections = _collect_sections(base)
-    for name, values in saved.items():
-        if name in sections and isinstance(values, dict):
-            sections[name].update({k: v for k, v in values.items() if k in sections[name]})
-    return Config(sections, source=f"{path} (embedded config)")
+    return config_from_dict(saved, source=f"{path} (embedded config)")
 
 
 def to_pil(image: ImageInput) -> Image.Image:

@@ -8,7 +8,6 @@ import io
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from core.evaluation import (
     save_pr_curves,
     to_coco_results,
 )
+from core.data.records import ImageRecord
 from core.plot import plot_runs, read_log, text_loss_bars
 from core.visualize import draw_detections, save_grid
 
@@ -35,17 +35,7 @@ CLASS_NAMES = ["cat", "dog", "person"]
 CATEGORY_IDS = [1, 3, 7]  # deliberately not contiguous
 
 
-@dataclass
-class Rec:
-    image_id: int
-    file_name: str
-    width: int
-    height: int
-    boxes: np.ndarray
-    labels: np.ndarray
-
-
-def make_records(n_images: int = 6, seed: int = 0) -> list[Rec]:
+def make_records(n_images: int = 6, seed: int = 0) -> list[ImageRecord]:
     """Images with small, medium and large boxes of all classes (xyxy original pixels)."""
     rng = np.random.default_rng(seed)
     recs = []
@@ -56,19 +46,19 @@ def make_records(n_images: int = 6, seed: int = 0) -> list[Rec]:
             x1, y1 = rng.uniform(0, w - size - 1), rng.uniform(0, h - size - 1)
             boxes.append([x1, y1, x1 + size, y1 + size * 0.9])
             labels.append(int(rng.integers(0, len(CLASS_NAMES))))
-        recs.append(Rec(i + 1, f"/img/{i + 1}.jpg", w, h,
+        recs.append(ImageRecord(i + 1, f"/img/{i + 1}.jpg", w, h,
                         np.asarray(boxes, np.float32), np.asarray(labels, np.int64)))
     return recs
 
 
-def perfect_results(recs: list[Rec]) -> list[dict]:
+def perfect_results(recs: list[ImageRecord]) -> list[dict]:
     out = []
     for r in recs:
         out += to_coco_results(r.image_id, r.boxes, np.ones(len(r.boxes)), r.labels, CATEGORY_IDS)
     return out
 
 
-def noisy_results(recs: list[Rec], seed: int = 1) -> list[dict]:
+def noisy_results(recs: list[ImageRecord], seed: int = 1) -> list[dict]:
     """Jittered true boxes, wrong labels and random false positives with random scores."""
     rng = np.random.default_rng(seed)
     out = []
@@ -86,7 +76,7 @@ def noisy_results(recs: list[Rec], seed: int = 1) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def recs() -> list[Rec]:
+def recs() -> list[ImageRecord]:
     return make_records()
 
 
