@@ -5,9 +5,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_iou, sigmoid_focal_loss
+from torchvision.ops import box_iou
 
 from core import box_coder
+from core.focal_loss import sigmoid_focal_loss_sum
 
 BACKGROUND = -1
 IGNORE = -2
@@ -50,28 +51,33 @@ def assign(anchors: torch.Tensor, gt_boxes: list[torch.Tensor], gt_labels: list[
     return Assignment(labels, boxes)
 
 
-def detection_loss(class_logits: torch.Tensor, box_deltas: torch.Tensor, anchors: torch.Tensor,
+def detection_loss(class_logits: list[torch.Tensor], box_deltas: torch.Tensor, anchors: torch.Tensor,
                    assignment: Assignment, focal_alpha: float, focal_gamma: float, huber_delta: float,
                    box_loss_weight: float, num_positives: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Focal loss over all non-ignored anchors and classes plus Huber loss on the encoded box
     offsets of positive anchors, both normalised by the number of positives.
 
-    ``class_logits`` ``[B, N, C]``, ``box_deltas`` ``[B, N, 4]``, ``anchors`` ``[N, 4]`` xyxy.
+    ``class_logits``: per pyramid level ``[B, ..., C]`` (any strides, e.g. ``[B, H, W, A, C]``
+    views of the head outputs) whose leading dims, flattened and concatenated over levels, are
+    the ``N`` anchors in order; ``box_deltas`` ``[B, N, 4]``; ``anchors`` ``[N, 4]`` xyxy.
     ``num_positives`` may be passed in (e.g. averaged over processes); by default it is counted
     here. Returns ``loss = cls_loss + box_loss_weight * box_loss`` with both parts (float32).
     """
     labels = assignment.labels
     positive = labels >= 0
-    valid = labels != IGNORE
     if num_positives is None:
         num_positives = positive.sum()
     norm = num_positives.to(torch.float32).clamp(min=1.0)
 
-    class_logits = class_logits.float()
-    target = F.one_hot(labels.clamp(min=0), class_logits.shape[-1]).to(class_logits.dtype)
-    target = target * positive.unsqueeze(-1)
-    cls = sigmoid_focal_loss(class_logits, target, alpha=focal_alpha, gamma=focal_gamma, reduction="none")
-    cls_loss = (cls.sum(dim=-1) * valid).sum() / norm
+    level_labels, start = [], 0
+    for logits in class_logits:
+        shape = logits.shape[:-1]
+        count = shape[1:].numel()
+        level_labels.append(labels[:, start:start + count].reshape(shape))
+        start += count
+    if start != labels.shape[1]:
+        raise ValueError(f"class logits cover {start} anchors, the assignment {labels.shape[1]}")
+    cls_loss = sigmoid_focal_loss_sum(class_logits, level_labels, focal_alpha, focal_gamma) / norm
 
     if positive.any():
         pos_anchors = anchors.unsqueeze(0).expand_as(assignment.boxes)[positive]

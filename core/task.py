@@ -28,14 +28,12 @@ class DetectionTask:
         self.test_cfg = cfg.test
         self.num_classes = num_classes
 
-    def _flat(self, outputs: tuple[list[torch.Tensor], list[torch.Tensor]], images: torch.Tensor):
-        class_logits = flatten_levels(outputs[0], self.num_classes)
-        box_deltas = flatten_levels(outputs[1], 4)
+    def _anchors(self, images: torch.Tensor, num_positions: int) -> torch.Tensor:
         anchors = self.anchors(tuple(images.shape[-2:]), images.device)
-        if anchors.shape[0] != class_logits.shape[1]:
-            raise RuntimeError(f"network gives {class_logits.shape[1]} anchor positions, anchors {anchors.shape[0]}: "
+        if anchors.shape[0] != num_positions:
+            raise RuntimeError(f"network gives {num_positions} anchor positions, anchors {anchors.shape[0]}: "
                                "check neck.min_level/max_level against the head's levels")
-        return class_logits, box_deltas, anchors
+        return anchors
 
     def loss(self, outputs: tuple[list[torch.Tensor], list[torch.Tensor]], images: torch.Tensor,
              targets: list[dict[str, Any]],
@@ -44,7 +42,10 @@ class DetectionTask:
         ``targets[i]["boxes"]`` ``[G_i, 4]`` xyxy input pixels, ``["labels"]`` ``[G_i]``.
         ``average`` maps this process's count of positive anchors to the mean over processes, so
         that every process normalises by the same number (distributed training)."""
-        class_logits, box_deltas, anchors = self._flat(outputs, images)
+        # [B, A*C, H, W] -> [B, H, W, A, C] views in anchor order; no copy of the largest tensors.
+        class_logits = [o.permute(0, 2, 3, 1).unflatten(-1, (-1, self.num_classes)) for o in outputs[0]]
+        box_deltas = flatten_levels(outputs[1], 4)
+        anchors = self._anchors(images, box_deltas.shape[1])
         c = self.loss_cfg
         assignment = assign(anchors, [t["boxes"].to(anchors.device) for t in targets],
                             [t["labels"].to(anchors.device) for t in targets], c.match_iou, c.ignore_iou)
@@ -56,7 +57,9 @@ class DetectionTask:
 
     def detect(self, outputs: tuple[list[torch.Tensor], list[torch.Tensor]], images: torch.Tensor) -> list[Detections]:
         """Detections per image, boxes xyxy in input pixels of ``images`` ``[B, 3, H, W]``."""
-        class_logits, box_deltas, anchors = self._flat(outputs, images)
+        class_logits = flatten_levels(outputs[0], self.num_classes)
+        box_deltas = flatten_levels(outputs[1], 4)
+        anchors = self._anchors(images, box_deltas.shape[1])
         t = self.test_cfg
         return postprocess(class_logits, box_deltas, anchors, tuple(images.shape[-2:]), t.top_n,
                            t.min_det_score, t.nms_thresh, t.max_det_per_image)

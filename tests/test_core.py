@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torchvision.ops import sigmoid_focal_loss
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core import box_coder
 from core.anchors import AnchorGenerator, flatten_levels
 from core.config import ConfigError, load_config
+from core.focal_loss import sigmoid_focal_loss_sum
 from core.loss import BACKGROUND, IGNORE, assign, detection_loss
 from core.postprocess import postprocess
 from core.task import DetectionTask
@@ -218,14 +221,14 @@ def test_loss_finite_and_zero_positives() -> None:
     gt = [anchors[:3] + 1.0, torch.zeros((0, 4))]
     labels = [torch.tensor([0, 1, 2]), torch.zeros((0,), dtype=torch.int64)]
     a = assign(anchors, gt, labels, 0.5, 0.4)
-    out = detection_loss(logits, deltas, anchors, a, 0.25, 1.5, 0.1, 50.0)
+    out = detection_loss([logits], deltas, anchors, a, 0.25, 1.5, 0.1, 50.0)
     assert all(torch.isfinite(v) for v in out.values())
     assert out["box_loss"] > 0 and out["cls_loss"] > 0
     assert out["loss"].item() == pytest.approx((out["cls_loss"] + 50.0 * out["box_loss"]).item(), rel=1e-6)
 
     empty = assign(anchors, [torch.zeros((0, 4))] * 2, [torch.zeros((0,), dtype=torch.int64)] * 2, 0.5, 0.4)
     deltas.requires_grad_(True)
-    out = detection_loss(logits, deltas, anchors, empty, 0.25, 1.5, 0.1, 50.0)
+    out = detection_loss([logits], deltas, anchors, empty, 0.25, 1.5, 0.1, 50.0)
     assert out["box_loss"].item() == 0.0
     assert torch.isfinite(out["cls_loss"]) and out["cls_loss"] > 0
     out["loss"].backward()  # the zero box loss still keeps the graph connected
@@ -240,8 +243,8 @@ def test_loss_prefers_correct_predictions() -> None:
     good = torch.full_like(logits, -8.0)
     good[positive] = torch.nn.functional.one_hot(a.labels[positive], 3).float() * 16 - 8
     zero = torch.zeros(1, anchors.shape[0], 4)
-    good_loss = detection_loss(good, zero, anchors, a, 0.25, 1.5, 0.1, 50.0)
-    bad_loss = detection_loss(logits, zero + 0.5, anchors, a, 0.25, 1.5, 0.1, 50.0)
+    good_loss = detection_loss([good], zero, anchors, a, 0.25, 1.5, 0.1, 50.0)
+    bad_loss = detection_loss([logits], zero + 0.5, anchors, a, 0.25, 1.5, 0.1, 50.0)
     assert good_loss["loss"] < 0.1 * bad_loss["loss"]
 
 
@@ -335,3 +338,40 @@ def test_task_detect_end_to_end() -> None:
             assert d.boxes[:, 0::2].min() >= 0 and d.boxes[:, 0::2].max() <= 128
             assert d.boxes[:, 1::2].min() >= 0 and d.boxes[:, 1::2].max() <= 96
             assert d.labels.max() < 2
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 1.5, 2.0, 2.5])
+def test_focal_loss_sum_matches_torchvision(gamma: float) -> None:
+    """The fused focal loss equals torchvision's, value and gradient, on a permuted view with
+    positives, background and ignored anchors."""
+    gen = torch.Generator().manual_seed(int(gamma * 10))
+    raw = torch.randn(2, 3 * 11, 7, 5, generator=gen) * 6  # [B, A*C, H, W] as a head gives it
+    labels = torch.randint(IGNORE, 11, (2, 7, 5, 3), generator=gen)
+
+    ref_x = raw.clone().requires_grad_()
+    ref_view = ref_x.permute(0, 2, 3, 1).unflatten(-1, (3, 11))
+    target = F.one_hot(labels.clamp(min=0), 11).float() * (labels >= 0).unsqueeze(-1)
+    ref = (sigmoid_focal_loss(ref_view, target, 0.25, gamma, "none").sum(-1) * (labels != IGNORE)).sum()
+    (ref * 0.3).backward()
+
+    x = raw.clone().requires_grad_()
+    out = sigmoid_focal_loss_sum([x.permute(0, 2, 3, 1).unflatten(-1, (3, 11))], [labels], 0.25, gamma)
+    (out * 0.3).backward()
+    assert out.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(x.grad, ref_x.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_focal_loss_sum_levels_and_dtype() -> None:
+    """Several levels sum; a bfloat16 input gets a bfloat16 gradient of the float32 loss."""
+    gen = torch.Generator().manual_seed(1)
+    xs = [torch.randn(2, 4, 3, generator=gen), torch.randn(2, 6, 3, generator=gen)]
+    labels = [torch.randint(IGNORE, 3, (2, 4), generator=gen), torch.randint(IGNORE, 3, (2, 6), generator=gen)]
+    total = sigmoid_focal_loss_sum(xs, labels, 0.25, 1.5)
+    parts = [sigmoid_focal_loss_sum([x], [lab], 0.25, 1.5) for x, lab in zip(xs, labels)]
+    assert total.item() == pytest.approx(sum(p.item() for p in parts), rel=1e-6)
+    half = xs[0].bfloat16().requires_grad_()
+    out = sigmoid_focal_loss_sum([half], [labels[0]], 0.25, 1.5)
+    out.backward()
+    assert out.dtype == torch.float32 and half.grad.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="labels of shape"):
+        sigmoid_focal_loss_sum([xs[0]], [labels[1]], 0.25, 1.5)

@@ -338,7 +338,8 @@ def test_pretrain_errors_name_the_field_and_fix() -> None:
 TRAIN_EPOCHS = 10        # (a): 48 images / batch 8 = 6 steps an epoch
 FINETUNE_EPOCHS = 6      # (b)
 SUBSET = ["triangle", "circle"]
-FINETUNE_AP50 = 0.25     # (b): the AP50 both fine-tuning runs race to
+FINETUNE_AP50 = 0.15     # (b): the AP50 both fine-tuning runs race to (fine-tuned reaches ~0.24 by step 12,
+                         # random init stays below ~0.08 in 36 steps; float-order changes move both a little)
 FROZEN = ["backbone.body.conv_stem.*", "backbone.body.bn1.*", "backbone.body.blocks.0.*"]
 
 
