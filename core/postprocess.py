@@ -1,7 +1,9 @@
 """From raw head outputs to final detections: top-k, decode, clip, class-wise NMS."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torchvision.ops import batched_nms
@@ -29,25 +31,66 @@ class Detections:
         return Detections(self.boxes.cpu(), self.scores.cpu(), self.labels.cpu())
 
 
-def postprocess(class_logits: torch.Tensor, box_deltas: torch.Tensor, anchors: torch.Tensor,
+def top_candidates(class_logits: Sequence[torch.Tensor], k: int, min_logit: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest (anchor, class) logits of one image that are >= ``min_logit``.
+
+    ``class_logits``: per level ``[N_l, C]`` (any layout; contiguous ones are read without a
+    copy). Returns ``values [K]`` and flat indices ``[K]`` into the levels' concatenation
+    ``[sum N_l, C]`` (``anchor * C + class``), ``K <= k``, largest first.
+
+    A plain ``topk`` over all 4.4 M logits of an EfficientDet-D0 image runs on one thread and
+    takes 50-70 ms on a CPU. Instead: the maxima of at least ``k`` disjoint slices give a
+    threshold (the ``k``-th largest of them) that at least ``k`` logits reach, so every one of the
+    ``k`` largest logits is at least that high; one pass keeps those, and ``topk`` runs on them.
+    The result is the same set as the full ``topk`` (up to the order among equal values).
+    """
+    flat = [x.reshape(-1) for x in class_logits]
+    total = sum(x.numel() for x in flat)
+    if total == 0 or k <= 0:
+        empty = flat[0].new_empty((0,)) if flat else torch.empty(0)
+        return empty, torch.empty(0, dtype=torch.int64, device=empty.device)
+    slice_len = max(1, total // (4 * k))  # ~4k slices: the survivors are few more than k
+    maxima = []
+    for x in flat:
+        whole = x.numel() // slice_len * slice_len
+        if whole:
+            maxima.append(x[:whole].view(-1, slice_len).amax(dim=1))
+        if whole < x.numel():
+            maxima.append(x[whole:].amax().reshape(1))
+    maxima = torch.cat(maxima)
+    threshold = maxima.topk(k).values[-1] if maxima.numel() >= k else maxima.min()
+    threshold = threshold.clamp(min=min_logit) if min_logit > -math.inf else threshold
+    values, indices, offset = [], [], 0
+    for x in flat:
+        idx = (x >= threshold).nonzero().squeeze(1)
+        values.append(x[idx])
+        indices.append(idx + offset)
+        offset += x.numel()
+    values, indices = torch.cat(values), torch.cat(indices)
+    top, order = values.topk(min(k, values.numel()))
+    return top, indices[order]
+
+
+def postprocess(class_logits: Sequence[torch.Tensor], box_deltas: torch.Tensor, anchors: torch.Tensor,
                 image_size: tuple[int, int], top_n: int, min_score: float, nms_thresh: float,
                 max_det: int) -> list[Detections]:
     """Detections per image, boxes in input pixels.
 
-    ``class_logits`` ``[B, N, C]``, ``box_deltas`` ``[B, N, 4]``, ``anchors`` ``[N, 4]`` xyxy.
-    Keeps the ``top_n`` highest (anchor, class) logits of each image, drops scores below
-    ``min_score``, decodes and clips the boxes to ``image_size = (H, W)``, runs NMS per class at
-    ``nms_thresh`` and returns at most ``max_det`` detections sorted by score.
+    ``class_logits``: per level ``[B, N_l, C]`` (e.g. ``[B, H*W*A, C]`` views of the head
+    outputs), the levels' anchors concatenated in order; ``box_deltas`` ``[B, N, 4]``;
+    ``anchors`` ``[N, 4]`` xyxy. Keeps the ``top_n`` highest (anchor, class) logits of each image
+    with score above ``min_score``, decodes and clips the boxes to ``image_size = (H, W)``, runs
+    NMS per class at ``nms_thresh`` and returns at most ``max_det`` detections sorted by score.
     """
-    batch, _, num_classes = class_logits.shape
-    flat = class_logits.reshape(batch, -1)
-    k = min(top_n, flat.shape[1])
-    top_logits, top_idx = flat.topk(k, dim=1)
+    num_classes = class_logits[0].shape[-1]
+    # sigmoid(x) > min_score  <=>  x > logit(min_score); a hair lower, the exact test follows
+    min_logit = math.log(min_score / (1.0 - min_score)) - 1e-3 if 0.0 < min_score < 1.0 else -math.inf
     results = []
-    for i in range(batch):
-        scores = top_logits[i].float().sigmoid()
+    for i in range(box_deltas.shape[0]):
+        top_logits, top_idx = top_candidates([x[i] for x in class_logits], top_n, min_logit)
+        scores = top_logits.float().sigmoid()
         keep = scores > min_score
-        scores, idx = scores[keep], top_idx[i][keep]
+        scores, idx = scores[keep], top_idx[keep]
         anchor_idx = idx // num_classes
         labels = idx % num_classes
         boxes = box_coder.decode(box_deltas[i, anchor_idx].float(), anchors[anchor_idx])

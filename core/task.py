@@ -57,7 +57,8 @@ class DetectionTask:
 
     def detect(self, outputs: tuple[list[torch.Tensor], list[torch.Tensor]], images: torch.Tensor) -> list[Detections]:
         """Detections per image, boxes xyxy in input pixels of ``images`` ``[B, 3, H, W]``."""
-        class_logits = flatten_levels(outputs[0], self.num_classes)
+        # [B, A*C, H, W] -> [B, H*W*A, C]: views when the outputs are channels_last, as DetLab runs them
+        class_logits = [o.permute(0, 2, 3, 1).reshape(o.shape[0], -1, self.num_classes) for o in outputs[0]]
         box_deltas = flatten_levels(outputs[1], 4)
         anchors = self._anchors(images, box_deltas.shape[1])
         t = self.test_cfg

@@ -17,7 +17,7 @@ from core.anchors import AnchorGenerator, flatten_levels
 from core.config import ConfigError, load_config
 from core.focal_loss import sigmoid_focal_loss_sum
 from core.loss import BACKGROUND, IGNORE, assign, detection_loss
-from core.postprocess import postprocess
+from core.postprocess import postprocess, top_candidates
 from core.task import DetectionTask
 from symbol.builder import build_detector
 
@@ -274,7 +274,7 @@ def test_training_steps_reduce_loss() -> None:
 # ------------------------------------------------------------------------ postprocess
 
 def _post(logits, deltas, anchors, image_size=(100, 100), max_det=100, nms=0.5, top_n=1000):
-    return postprocess(logits, deltas, anchors, image_size, top_n, 0.05, nms, max_det)
+    return postprocess([logits], deltas, anchors, image_size, top_n, 0.05, nms, max_det)
 
 
 def test_nms_same_class_suppressed() -> None:
@@ -375,3 +375,19 @@ def test_focal_loss_sum_levels_and_dtype() -> None:
     assert out.dtype == torch.float32 and half.grad.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="labels of shape"):
         sigmoid_focal_loss_sum([xs[0]], [labels[1]], 0.25, 1.5)
+
+
+@pytest.mark.parametrize("k", [1, 7, 100, 1000, 5000])
+def test_top_candidates_equal_full_topk(k: int) -> None:
+    """The threshold-first selection returns exactly the values of a full topk, at indices that
+    hold those values, also with many ties and with a score floor."""
+    gen = torch.Generator().manual_seed(k)
+    levels = [torch.randn(300, 9, generator=gen), torch.randn(77, 9, generator=gen),
+              torch.randint(-3, 3, (40, 9), generator=gen).float()]  # integer level: many ties
+    flat = torch.cat([x.reshape(-1) for x in levels])
+    for min_logit in (-math.inf, 0.5):
+        values, idx = top_candidates([levels[0], levels[1].t().contiguous().t(), levels[2]], k, min_logit)
+        eligible = flat[flat >= min_logit]
+        expected = eligible.topk(min(k, eligible.numel())).values
+        assert torch.equal(values, expected)
+        assert torch.equal(flat[idx], values) and idx.unique().numel() == idx.numel()

@@ -122,7 +122,7 @@ def test_postprocess_invariants(seed: int, scale: float, nms: float, max_det: in
     anchors = torch.cat([anchors, anchors + 5 + torch.rand(n, 2, generator=g) * 40], 1)
     logits = torch.randn(2, n, c, generator=g) * scale
     deltas = torch.randn(2, n, 4, generator=g) * scale  # huge offsets must be clamped, not overflow
-    dets = postprocess(logits, deltas, anchors, (120, 110), top_n=100, min_score=0.05, nms_thresh=nms, max_det=max_det)
+    dets = postprocess([logits], deltas, anchors, (120, 110), top_n=100, min_score=0.05, nms_thresh=nms, max_det=max_det)
     for det in dets:
         assert len(det.boxes) <= max_det
         assert torch.isfinite(det.boxes).all()
