@@ -5,15 +5,19 @@
 Prints images/s for a training step (forward, loss with target assignment, backward, SGD step;
 batch ``--train-batch``) and for prediction including post-processing (batch
 ``--predict-batch``), at the config's input size, on random images with a few random boxes.
+DetLab runs as ``detection_train.py`` and ``detection_test.py`` do: channels_last, and for
+inference with BatchNorm folded into the convolutions (``core.engine.inference.inference_model``).
 ``--compare effdet`` times effdet's matching model (``tf_efficientdet_d{phi}`` for effdet_b{phi})
 in its ``DetBenchTrain`` / ``DetBenchPredict`` in the same process, same threads, same inputs,
 alternating one iteration of each so that machine noise hits both sides alike, and prints the
-DetLab / effdet ratios. On a GPU it also prints achieved TFLOP/s and the fraction of the device's
+DetLab / effdet ratios; effdet runs in its default contiguous layout unless ``--channels-last``.
+``--compile`` wraps both sides' networks in ``torch.compile``. On a GPU it also prints achieved TFLOP/s and the fraction of the device's
 dense bf16 peak.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import re
 import statistics
 import sys
@@ -24,6 +28,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from core.config import load_config
+from core.engine.inference import inference_model
 from core.engine.runtime import autocast, select_device
 from core.task import build_task
 from symbol.builder import build_detector
@@ -65,26 +70,29 @@ def time_interleaved(fns: dict[str, Callable[[], None]], iters: int, warmup: int
 
 
 def detlab_fns(cfg, num_classes: int, device: torch.device, train_batch: int, predict_batch: int,
-               channels_last: bool, compile_model: bool, amp: bool) -> tuple[dict[str, Callable[[], None]], float]:
-    """Callables for one DetLab training step and one prediction; also GFLOPs per image (forward)."""
+               compile_model: bool, amp: bool) -> tuple[dict[str, Callable[[], None]], float]:
+    """Callables for one DetLab training step and one prediction, each as ``detection_train.py``
+    and ``detection_test.py`` run them (channels_last; inference with BatchNorm folded); also
+    GFLOPs per image (forward)."""
     size = cfg.dataset.image_size
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = build_detector(cfg, num_classes).to(device, memory_format=fmt)
+    model = build_detector(cfg, num_classes).to(device, memory_format=torch.channels_last)
     task = build_task(cfg, model)
+    predictor = inference_model(copy.deepcopy(model), device)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model.eval()(torch.randn(1, 3, size, size, device=device))
     gflops = counter.get_total_flops() / 1e9
-    net = torch.compile(model) if compile_model else model
+    train_net = torch.compile(model) if compile_model else model
+    predict_net = torch.compile(predictor) if compile_model else predictor
     gen = torch.Generator().manual_seed(0)
-    train_x = torch.randn(train_batch, 3, size, size, generator=gen).to(device, memory_format=fmt)
-    predict_x = torch.randn(predict_batch, 3, size, size, generator=gen).to(device, memory_format=fmt)
+    train_x = torch.randn(train_batch, 3, size, size, generator=gen).to(device, memory_format=torch.channels_last)
+    predict_x = torch.randn(predict_batch, 3, size, size, generator=gen).to(device, memory_format=torch.channels_last)
     targets = random_targets(train_batch, size, num_classes, gen)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
     def train() -> None:
         model.train()
         with autocast(device, amp):
-            outputs = net(train_x)
+            outputs = train_net(train_x)
         loss = task.loss(outputs, train_x, targets)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -92,9 +100,8 @@ def detlab_fns(cfg, num_classes: int, device: torch.device, train_batch: int, pr
 
     @torch.no_grad()
     def predict() -> None:
-        model.eval()
         with autocast(device, amp):
-            outputs = net(predict_x)
+            outputs = predict_net(predict_x)
         task.detect(outputs, predict_x)
 
     return {"train": train, "predict": predict}, gflops
@@ -153,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--predict-batch", type=int, default=1)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="run effdet channels_last too (DetLab always runs channels_last, as its trainer does)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (both sides)")
     parser.add_argument("--compare", choices=["effdet"])
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -164,15 +172,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = select_device(cfg.General.device)
     amp = bool(cfg.General.fp16) and device.type == "cuda"
-    sizes = dict(train_batch=args.train_batch, predict_batch=args.predict_batch, channels_last=args.channels_last,
-                 compile_model=args.compile, amp=amp)
+    sizes = dict(train_batch=args.train_batch, predict_batch=args.predict_batch, compile_model=args.compile, amp=amp)
     fns, gflops = detlab_fns(cfg, args.num_classes, device, **sizes)
     runs = {f"detlab/{k}": v for k, v in fns.items()}
     if args.compare == "effdet":
-        runs.update({f"effdet/{k}": v for k, v in effdet_fns(cfg, args.num_classes, device, **sizes).items()})
+        runs.update({f"effdet/{k}": v for k, v in
+                     effdet_fns(cfg, args.num_classes, device, channels_last=args.channels_last, **sizes).items()})
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x {torch.get_num_threads()} threads"
     print(f"{cfg.source}: {cfg.dataset.image_size} px, {args.num_classes} classes, {device_name}, "
-          f"channels_last={args.channels_last}, compile={args.compile}, amp={amp}, {args.iters} timed iterations")
+          f"effdet channels_last={args.channels_last}, compile={args.compile}, amp={amp}, {args.iters} timed iterations")
     times = time_interleaved(runs, args.iters, args.warmup, device)
     batch = {"train": args.train_batch, "predict": args.predict_batch}
     print(f"{'':18}{'ms/iter':>10}{'images/s':>10}")

@@ -11,6 +11,19 @@ from core.engine.runtime import autocast
 from core.evaluation import EvalResult, evaluate, to_coco_results
 from core.postprocess import Detections
 from core.task import DetectionTask
+from symbol.fold_bn import fold_batchnorm
+
+
+def inference_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` (a ``symbol.detector.Detector``) as DetLab runs it for inference: on ``device``, in
+    eval mode, channels_last, with BatchNorm folded into the convolutions that feed it (a new
+    module; ``model`` is left as it is). Outputs equal the plain eval-mode model's to float
+    rounding; the check runs on one small random input (``symbol.fold_bn``)."""
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    side = max(128, 2 ** max(model.levels))  # the coarsest level still has a pixel
+    example = torch.randn(1, 3, side, side, device=device).to(memory_format=torch.channels_last)
+    folded, _ = fold_batchnorm(model, example)
+    return folded
 
 
 @torch.no_grad()

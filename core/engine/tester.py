@@ -11,6 +11,7 @@ from torch import nn
 
 from core.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, load_latest
 from core.config import Config
+from core.engine.inference import inference_model
 from core.engine.runtime import run_dir
 from core.task import DetectionTask, build_task
 from symbol.builder import build_detector
@@ -56,7 +57,7 @@ def load_trained(cfg: Config, path: Path, device: torch.device, state: dict | No
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint '{path}' does not fit config {cfg.source}: {str(err).splitlines()[0]} "
                               "(was it trained with another backbone/neck/head?)") from None
-    model.to(device).eval()
+    model = inference_model(model, device)
     category_ids = state.get("category_ids") or list(range(1, len(class_names) + 1))
     return TrainedModel(model, build_task(cfg, model), list(class_names), list(category_ids), Path(path))
 
