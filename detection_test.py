@@ -86,7 +86,7 @@ def main() -> int:
         print(f"testing {trained.source} on {spec.path} [{args.split}]: {len(records)} images")
         loader = build_loader(cfg, records, train=False, batch_size=cfg.test.batch_image)
         detections = predict_batches(trained.model, trained.task, loader, device,
-                                     amp=cfg.General.fp16 and device.type == "cuda", progress=True)
+                                     cfg.General.precision, progress=True)
         results = coco_results(detections, category_ids)
         results_path = out / f"results_{args.split}.json"
         write_json(results, results_path)

@@ -12,7 +12,8 @@ class General(Section):
     name = "experiment"          # run folder name under work_dir
     work_dir = "runs"            # runs are written to work_dir/name
     batch_image = 8              # images per device (per process)
-    fp16 = True                  # mixed precision when on a GPU (bf16 where supported, else fp16)
+    precision = "bf16"           # GPU autocast: bf16 | fp16 (with loss scaling) | fp32; CPUs always run fp32
+    compile = False              # torch.compile the network for training and testing (slow first steps)
     loader_worker = 2            # DataLoader worker processes
     log_frequency = 10           # steps between progress-bar / log lines
     seed = 0

@@ -96,7 +96,6 @@ class Detector:
         self.category_ids = list(category_ids)
         self.device = device
         self.source = source
-        self.amp = bool(cfg.General.fp16) and device.type == "cuda"
         self.size_multiple = TTA_SIZE_MULTIPLE
         self.wbf_iou = WBF_IOU  # IoU at which WBF joins the boxes of TTA passes
 
@@ -141,7 +140,7 @@ class Detector:
         widths = [max(1, round(t["orig_size"][1] * t["scale"])) for t in targets]
         x = flip_inputs(images, widths) if flip else images
         x = x.to(self.device, memory_format=torch.channels_last)
-        with autocast(self.device, self.amp):
+        with autocast(self.device, self.cfg.General.precision):
             outputs = self.model(x)
         out = []
         for det, t, w in zip(self.task.detect(outputs, x), targets, widths):

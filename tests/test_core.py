@@ -56,7 +56,7 @@ def test_config_override_misspelt_field() -> None:
     assert "batch_image" in str(err.value)
 
 
-@pytest.mark.parametrize("override", ["General.batch_image=abc", "General.batch_image=1.5", "General.fp16=1",
+@pytest.mark.parametrize("override", ["General.batch_image=abc", "General.batch_image=1.5", "General.compile=1",
                                       "dataset.mean=0.5", "Generl.batch_image=4", "batch_image=4"])
 def test_config_override_rejected(override: str) -> None:
     with pytest.raises(ConfigError):
@@ -65,11 +65,11 @@ def test_config_override_rejected(override: str) -> None:
 
 def test_config_override_types() -> None:
     cfg = load_config(B0, ["optimizer.lr=1", "General.batch_image=4", "General.name=my run",
-                           "backbone.out_levels=[3, 4, 5]", "General.fp16=False"])
+                           "backbone.out_levels=[3, 4, 5]", "General.compile=True"])
     assert cfg.optimizer.lr == 1.0 and isinstance(cfg.optimizer.lr, float)
     assert cfg.General.batch_image == 4
     assert cfg.General.name == "my run"
-    assert cfg.General.fp16 is False
+    assert cfg.General.compile is True
 
 
 def test_config_overrides_do_not_leak() -> None:

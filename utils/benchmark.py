@@ -70,19 +70,18 @@ def time_interleaved(fns: dict[str, Callable[[], None]], iters: int, warmup: int
 
 
 def detlab_fns(cfg, num_classes: int, device: torch.device, train_batch: int, predict_batch: int,
-               compile_model: bool, amp: bool) -> tuple[dict[str, Callable[[], None]], float]:
+               compile_model: bool, precision: str) -> tuple[dict[str, Callable[[], None]], float]:
     """Callables for one DetLab training step and one prediction, each as ``detection_train.py``
     and ``detection_test.py`` run them (channels_last; inference with BatchNorm folded); also
     GFLOPs per image (forward)."""
     size = cfg.dataset.image_size
     model = build_detector(cfg, num_classes).to(device, memory_format=torch.channels_last)
     task = build_task(cfg, model)
-    predictor = inference_model(copy.deepcopy(model), device)
+    predict_net = inference_model(copy.deepcopy(model), device, compile_model)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model.eval()(torch.randn(1, 3, size, size, device=device))
     gflops = counter.get_total_flops() / 1e9
     train_net = torch.compile(model) if compile_model else model
-    predict_net = torch.compile(predictor) if compile_model else predictor
     gen = torch.Generator().manual_seed(0)
     train_x = torch.randn(train_batch, 3, size, size, generator=gen).to(device, memory_format=torch.channels_last)
     predict_x = torch.randn(predict_batch, 3, size, size, generator=gen).to(device, memory_format=torch.channels_last)
@@ -91,7 +90,7 @@ def detlab_fns(cfg, num_classes: int, device: torch.device, train_batch: int, pr
 
     def train() -> None:
         model.train()
-        with autocast(device, amp):
+        with autocast(device, precision):
             outputs = train_net(train_x)
         loss = task.loss(outputs, train_x, targets)["loss"]
         optimizer.zero_grad(set_to_none=True)
@@ -100,7 +99,7 @@ def detlab_fns(cfg, num_classes: int, device: torch.device, train_batch: int, pr
 
     @torch.no_grad()
     def predict() -> None:
-        with autocast(device, amp):
+        with autocast(device, precision):
             outputs = predict_net(predict_x)
         task.detect(outputs, predict_x)
 
@@ -108,7 +107,7 @@ def detlab_fns(cfg, num_classes: int, device: torch.device, train_batch: int, pr
 
 
 def effdet_fns(cfg, num_classes: int, device: torch.device, train_batch: int, predict_batch: int,
-               channels_last: bool, compile_model: bool, amp: bool) -> dict[str, Callable[[], None]]:
+               channels_last: bool, compile_model: bool, precision: str) -> dict[str, Callable[[], None]]:
     """The same two callables for effdet's matching ``tf_efficientdet_d{phi}``."""
     try:
         import effdet
@@ -124,7 +123,8 @@ def effdet_fns(cfg, num_classes: int, device: torch.device, train_batch: int, pr
                                       pretrained=False,
                                       pretrained_backbone=False, image_size=(size, size)).to(device, memory_format=fmt)
     predict_bench = effdet.DetBenchPredict(train_bench.model)
-    if compile_model:
+    if compile_model:  # as DetLab compiles its training and (frozen-weight) inference networks
+        predict_bench.model = torch.compile(train_bench.model)  # frozen: inference_model set freezing
         train_bench.model = torch.compile(train_bench.model)
     gen = torch.Generator().manual_seed(0)
     train_x = torch.randn(train_batch, 3, size, size, generator=gen).to(device, memory_format=fmt)
@@ -136,7 +136,7 @@ def effdet_fns(cfg, num_classes: int, device: torch.device, train_batch: int, pr
 
     def train() -> None:
         train_bench.train()
-        with autocast(device, amp):
+        with autocast(device, precision):
             loss = train_bench(train_x, target)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -145,7 +145,7 @@ def effdet_fns(cfg, num_classes: int, device: torch.device, train_batch: int, pr
     @torch.no_grad()
     def predict() -> None:
         predict_bench.eval()
-        with autocast(device, amp):
+        with autocast(device, precision):
             predict_bench(predict_x)
 
     return {"train": train, "predict": predict}
@@ -164,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="run effdet channels_last too (DetLab always runs channels_last, as its trainer does)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (both sides)")
     parser.add_argument("--compare", choices=["effdet"])
+    parser.add_argument("--only", choices=["train", "predict"], help="time one of the two (compiling both is slow on CPU)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
 
@@ -171,8 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(cfg.General.device)
-    amp = bool(cfg.General.fp16) and device.type == "cuda"
-    sizes = dict(train_batch=args.train_batch, predict_batch=args.predict_batch, compile_model=args.compile, amp=amp)
+    precision = cfg.General.precision if device.type == "cuda" else "fp32"
+    sizes = dict(train_batch=args.train_batch, predict_batch=args.predict_batch, compile_model=args.compile, precision=precision)
     fns, gflops = detlab_fns(cfg, args.num_classes, device, **sizes)
     runs = {f"detlab/{k}": v for k, v in fns.items()}
     if args.compare == "effdet":
@@ -180,18 +181,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                      effdet_fns(cfg, args.num_classes, device, channels_last=args.channels_last, **sizes).items()})
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x {torch.get_num_threads()} threads"
     print(f"{cfg.source}: {cfg.dataset.image_size} px, {args.num_classes} classes, {device_name}, "
-          f"effdet channels_last={args.channels_last}, compile={args.compile}, amp={amp}, {args.iters} timed iterations")
+          f"effdet channels_last={args.channels_last}, compile={args.compile}, precision={precision}, {args.iters} timed iterations")
+    if args.only:
+        runs = {name: fn for name, fn in runs.items() if name.endswith("/" + args.only)}
     times = time_interleaved(runs, args.iters, args.warmup, device)
     batch = {"train": args.train_batch, "predict": args.predict_batch}
     print(f"{'':18}{'ms/iter':>10}{'images/s':>10}")
     for name, seconds in times.items():
         print(f"{name:18}{seconds * 1e3:10.1f}{batch[name.split('/')[1]] / seconds:10.2f}")
     if args.compare:
-        for kind in ("train", "predict"):
+        for kind in [args.only] if args.only else ["train", "predict"]:
             print(f"ratio {kind} images/s detlab/effdet: {times[f'effdet/{kind}'] / times[f'detlab/{kind}']:.2f}")
     if device.type == "cuda":
         peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device_name), None)
         for kind, factor in (("train", 3.0), ("predict", 1.0)):  # backward ~ 2 x forward
+            if args.only and kind != args.only:
+                continue
             tflops = gflops * factor * batch[kind] / times[f"detlab/{kind}"] / 1e3
             share = f" = {tflops / peak:.1%} of {peak:.0f} bf16 peak" if peak else ""
             print(f"detlab/{kind}: {tflops:.1f} TFLOP/s achieved{share}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 import torch
+import torch._inductor.config
 from torch import nn
 from tqdm import tqdm
 
@@ -14,21 +15,29 @@ from core.task import DetectionTask
 from symbol.fold_bn import fold_batchnorm
 
 
-def inference_model(model: nn.Module, device: torch.device) -> nn.Module:
+def inference_model(model: nn.Module, device: torch.device, compile_model: bool = False) -> nn.Module:
     """``model`` (a ``symbol.detector.Detector``) as DetLab runs it for inference: on ``device``, in
     eval mode, channels_last, with BatchNorm folded into the convolutions that feed it (a new
-    module; ``model`` is left as it is). Outputs equal the plain eval-mode model's to float
-    rounding; the check runs on one small random input (``symbol.fold_bn``)."""
+    module; ``model`` is left as it is), wrapped in ``torch.compile`` when ``compile_model``
+    (``General.compile``). Outputs equal the plain eval-mode model's to float rounding; the check
+    runs on one small random input (``symbol.fold_bn``)."""
     model = model.to(device, memory_format=torch.channels_last).eval()
     side = max(128, 2 ** max(model.levels))  # the coarsest level still has a pixel
     example = torch.randn(1, 3, side, side, device=device).to(memory_format=torch.channels_last)
     folded, _ = fold_batchnorm(model, example)
-    return folded
+    if not compile_model:
+        return folded
+    # Inductor freezing makes the weights constants: prepacked mkldnn convolutions with fused
+    # activations on CPUs, constant folding everywhere. It acts on no-grad graphs only, so a
+    # training compile in the same process is unaffected. (The per-call options= route does not
+    # turn it on in torch 2.14.)
+    torch._inductor.config.freezing = True
+    return torch.compile(folded)
 
 
 @torch.no_grad()
 def predict_batches(model: nn.Module, task: DetectionTask, batches: Iterable[tuple[torch.Tensor, list[dict]]],
-                    device: torch.device, amp: bool = False,
+                    device: torch.device, precision: str = "fp32",
                     progress: bool = False) -> dict[int, Detections]:
     """Detections per ``image_id``, boxes xyxy in *original* image pixels.
 
@@ -39,7 +48,7 @@ def predict_batches(model: nn.Module, task: DetectionTask, batches: Iterable[tup
     out: dict[int, Detections] = {}
     for images, targets in tqdm(batches, desc="eval", disable=not progress, leave=False):
         images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
-        with autocast(device, amp):
+        with autocast(device, precision):
             outputs = model(images)
         for det, t in zip(task.detect(outputs, images), targets):
             out[t["image_id"]] = det.rescale(t["scale"], t["orig_size"]).to_cpu()

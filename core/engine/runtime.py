@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.config import ConfigError
+
 
 def select_device(name: str) -> torch.device:
     """``auto`` picks the local CUDA device when one is visible, else the CPU."""
@@ -36,18 +38,24 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def autocast(device: torch.device, enabled: bool):
-    """Mixed-precision context for ``device``: bf16 where the GPU supports it, else fp16; a no-op on CPU
-    or when disabled."""
-    if not enabled or device.type != "cuda":
+def autocast(device: torch.device, precision: str):
+    """Mixed-precision context for ``device`` and ``General.precision`` (``bf16``, ``fp16`` or
+    ``fp32``): ``torch.autocast`` to that dtype on a GPU, a no-op for ``fp32`` and on CPUs."""
+    if device.type != "cuda" or precision == "fp32":
         return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def needs_grad_scaler(device: torch.device, enabled: bool) -> bool:
+def needs_grad_scaler(device: torch.device, precision: str) -> bool:
     """fp16 autocast needs loss scaling; bf16 and fp32 do not."""
-    return enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    return device.type == "cuda" and precision == "fp16"
+
+
+def check_precision(device: torch.device, precision: str) -> None:
+    """Fail with the fix when ``General.precision = "bf16"`` meets a GPU without bfloat16."""
+    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"General.precision = 'bf16' but {torch.cuda.get_device_name(device)} has no bfloat16; "
+                          "set General.precision = 'fp16' (or 'fp32') in the config or with --set")
 
 
 def run_dir(cfg: Any) -> Path:

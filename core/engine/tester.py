@@ -57,7 +57,7 @@ def load_trained(cfg: Config, path: Path, device: torch.device, state: dict | No
     except RuntimeError as err:
         raise CheckpointError(f"checkpoint '{path}' does not fit config {cfg.source}: {str(err).splitlines()[0]} "
                               "(was it trained with another backbone/neck/head?)") from None
-    model = inference_model(model, device)
+    model = inference_model(model, device, cfg.General.compile)
     category_ids = state.get("category_ids") or list(range(1, len(class_names) + 1))
     return TrainedModel(model, build_task(cfg, model), list(class_names), list(category_ids), Path(path))
 

@@ -22,7 +22,8 @@ from core.data.loader import build_loader
 from core.data.spec import DatasetSpec, load_dataset_spec
 from core.engine import distributed
 from core.engine.inference import evaluate_detections, predict_batches
-from core.engine.runtime import autocast, needs_grad_scaler, run_dir, seed_everything, select_device
+from core.engine.runtime import (autocast, check_precision, needs_grad_scaler, run_dir, seed_everything,
+                                 select_device)
 from core.evaluation import coco_ground_truth
 from core.schedule import lr_factor
 from core.engine.signals import StopSignals, TrainingInterrupted
@@ -66,7 +67,7 @@ class Trainer:
         self.device = select_device(g.device)
         seed_everything(g.seed + self.dist.rank, g.deterministic)
         self.out = run_dir(cfg)
-        self.amp = bool(g.fp16) and self.device.type == "cuda"
+        check_precision(self.device, g.precision)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
 
@@ -102,8 +103,10 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optimizer)
         self.ema = ModelEmaV3(self.model, decay=cfg.optimizer.ema_decay, use_warmup=True) \
             if cfg.optimizer.ema_decay > 0 else None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(self.device, g.fp16))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(self.device, g.precision))
         self.net = distributed.wrap(self.model, self.device, self.dist)
+        if g.compile:
+            self.net = torch.compile(self.net)
         self.epoch = cfg.schedule.begin_epoch
         self.step = self.epoch * self.steps_per_epoch
         self.nonfinite_in_row = 0
@@ -323,7 +326,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         images = images.to(self.device, non_blocking=True, memory_format=torch.channels_last)
-        with autocast(self.device, self.amp):
+        with autocast(self.device, cfg.General.precision):
             outputs = self.net(images)
         losses = self.task.loss(outputs, images, targets, average=distributed.averager(self.dist))
         loss = losses["loss"]
@@ -353,7 +356,7 @@ class Trainer:
         """COCO metrics of the EMA (or plain) weights on the val split, computed by every process on
         its share of the images and scored on rank 0; logged and returned there ({} elsewhere)."""
         model = self.ema.module if self.ema else self.model
-        detections = predict_batches(model, self.task, self.val_loader, self.device, self.amp)
+        detections = predict_batches(model, self.task, self.val_loader, self.device, self.cfg.General.precision)
         detections = distributed.gather_to_main(detections, self.dist)
         if not self.dist.is_main:
             return {}
