@@ -26,6 +26,7 @@ def test_every_shipped_config_passes(config: str) -> None:
     ("test.nms_thresh=1.5", "test.nms_thresh"),
     ("dataset.scale_min=3.0", "dataset.scale_max"),
     ("General.batch_image=0", "General.batch_image"),
+    ("General.precision='bf15'", "General.precision"),
 ])
 def test_bad_values_name_their_field(override: str, field: str) -> None:
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

@@ -451,7 +451,7 @@ def test_strip_head_then_finetune_on_subset_beats_random_init(runs: dict, capsys
 
 def test_keep_classes_gives_the_same_detections(runs: dict) -> None:
     """(c) --keep-classes on a checkpoint: a detector of those classes (as detection_test.py loads it)
-    whose logits and detections for them equal the full model's, class by class."""
+    whose logits and detections for them equal the full model's (to float rounding), class by class."""
     from core.data.loader import build_loader
     from core.data.spec import load_dataset_spec, read_split
     from core.engine.tester import load_trained
@@ -474,15 +474,17 @@ def test_keep_classes_gives_the_same_detections(runs: dict) -> None:
     with torch.no_grad():
         kept_out, full_out = kept.model(images), full.model(images)
     channels = [a * 4 + c for a in range(9) for c in index]
-    for k, f in zip(kept_out[0], full_out[0]):
-        assert torch.equal(k, f[:, channels])
+    for k, f in zip(kept_out[0], full_out[0]):  # a narrower conv may round differently in its last bit
+        assert torch.allclose(k, f[:, channels], rtol=1e-5, atol=1e-5)
     for k, f in zip(kept_out[1], full_out[1]):
         assert torch.equal(k, f)
     compared = 0
     for k_det, f_det in zip(kept.task.detect(kept_out, images), full.task.detect(full_out, images)):
         for j, c in enumerate(index):
             a, b = k_det.labels == j, f_det.labels == c
-            assert torch.equal(k_det.boxes[a], f_det.boxes[b]) and torch.equal(k_det.scores[a], f_det.scores[b])
+            assert a.sum() == b.sum()
+            assert torch.allclose(k_det.boxes[a], f_det.boxes[b], atol=1e-3)
+            assert torch.allclose(k_det.scores[a], f_det.scores[b], atol=1e-6)
             compared += int(a.sum())
-    print(f"\n(c) {compared} detections of {SUBSET} identical in the kept-classes and the full model")
+    print(f"\n(c) {compared} detections of {SUBSET} the same in the kept-classes and the full model")
     assert compared > 0
