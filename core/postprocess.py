@@ -31,12 +31,12 @@ class Detections:
         return Detections(self.boxes.cpu(), self.scores.cpu(), self.labels.cpu())
 
 
-def top_candidates(class_logits: Sequence[torch.Tensor], k: int, min_logit: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` largest (anchor, class) logits of one image that are >= ``min_logit``.
+def top_candidates(class_scores: Sequence[torch.Tensor], k: int, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest (anchor, class) scores of one image that are >= ``floor``.
 
-    ``class_logits``: per level ``[N_l, C]`` (any layout; contiguous ones are read without a
-    copy). Returns ``values [K]`` and flat indices ``[K]`` into the levels' concatenation
-    ``[sum N_l, C]`` (``anchor * C + class``), ``K <= k``, largest first.
+    ``class_scores``: per level ``[N_l, C]`` logits or probabilities (any layout; contiguous ones
+    are read without a copy). Returns ``values [K]`` and flat indices ``[K]`` into the levels'
+    concatenation ``[sum N_l, C]`` (``anchor * C + class``), ``K <= k``, largest first.
 
     A plain ``topk`` over all 4.4 M logits of an EfficientDet-D0 image runs on one thread and
     takes 50-70 ms on a CPU. Instead the logits are cut into ~16k slices: the ``k``-th largest
@@ -45,7 +45,7 @@ def top_candidates(class_logits: Sequence[torch.Tensor], k: int, min_logit: floa
     ``k`` of them) are searched, and ``topk`` runs on what passes. The result is the same set as
     the full ``topk`` (up to the order among equal values).
     """
-    flat = [x.reshape(-1) for x in class_logits]
+    flat = [x.reshape(-1) for x in class_scores]
     total = sum(x.numel() for x in flat)
     if total == 0 or k <= 0:
         empty = flat[0].new_empty((0,)) if flat else torch.empty(0)
@@ -63,7 +63,7 @@ def top_candidates(class_logits: Sequence[torch.Tensor], k: int, min_logit: floa
     maxima = [rows.amax(dim=1) for _, rows in pieces]
     every_max = torch.cat(maxima)
     threshold = every_max.topk(k).values[-1] if every_max.numel() >= k else every_max.min()
-    threshold = threshold.clamp(min=min_logit) if min_logit > -math.inf else threshold
+    threshold = threshold.clamp(min=floor) if floor > -math.inf else threshold
     values, indices = [], []
     for (start, rows), row_max in zip(pieces, maxima):
         hit = (row_max >= threshold).nonzero().squeeze(1)

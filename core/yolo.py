@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms, complete_box_iou_loss
 
-from core.postprocess import Detections
+from core.postprocess import Detections, top_candidates
 
 # Cell shifts (dx, dy) of the centre cell and of the left, top, right, bottom neighbours.
 _SHIFTS = ((0, 0), (-1, 0), (0, -1), (1, 0), (0, 1))
@@ -194,13 +194,11 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, image_size: tup
     ``nms_thresh``, at most ``max_det`` sorted by score. ``boxes`` ``[B, N, 4]`` xyxy input pixels,
     ``scores`` ``[B, N, C]``; the returned boxes are in input pixels."""
     batch, _, num_classes = scores.shape
-    flat = scores.reshape(batch, -1)
-    k = min(top_n, flat.shape[1])
-    top_scores, top_idx = flat.topk(k, dim=1)
     results = []
     for i in range(batch):
-        keep = top_scores[i] > min_score
-        score, idx = top_scores[i][keep], top_idx[i][keep]
+        top_scores, top_idx = top_candidates([scores[i]], top_n, min_score)
+        keep = top_scores > min_score
+        score, idx = top_scores[keep], top_idx[keep]
         labels = idx % num_classes
         box = boxes[i, idx // num_classes].clone()
         box[:, 0::2] = box[:, 0::2].clamp(0, image_size[1])
