@@ -25,7 +25,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-IGNORE = -2  # label value of anchors that take no part in the loss (core.loss.IGNORE)
+# Per-anchor label values besides a class index (the convention of core.loss.assign)
+BACKGROUND = -1  # every class is a negative target
+IGNORE = -2      # no loss at all
 
 
 def sigmoid_focal_loss_sum(logits: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], alpha: float,

@@ -8,10 +8,7 @@ import torch.nn.functional as F
 from torchvision.ops import box_iou
 
 from core import box_coder
-from core.focal_loss import sigmoid_focal_loss_sum
-
-BACKGROUND = -1
-IGNORE = -2
+from core.focal_loss import BACKGROUND, IGNORE, sigmoid_focal_loss_sum
 
 
 @dataclass
@@ -69,14 +66,10 @@ def detection_loss(class_logits: list[torch.Tensor], box_deltas: torch.Tensor, a
         num_positives = positive.sum()
     norm = num_positives.to(torch.float32).clamp(min=1.0)
 
-    level_labels, start = [], 0
-    for logits in class_logits:
-        shape = logits.shape[:-1]
-        count = shape[1:].numel()
-        level_labels.append(labels[:, start:start + count].reshape(shape))
-        start += count
-    if start != labels.shape[1]:
-        raise ValueError(f"class logits cover {start} anchors, the assignment {labels.shape[1]}")
+    counts = [logits.shape[1:-1].numel() for logits in class_logits]
+    if sum(counts) != labels.shape[1]:
+        raise ValueError(f"class logits cover {sum(counts)} anchors, the assignment {labels.shape[1]}")
+    level_labels = [lab.reshape(logits.shape[:-1]) for lab, logits in zip(labels.split(counts, dim=1), class_logits)]
     cls_loss = sigmoid_focal_loss_sum(class_logits, level_labels, focal_alpha, focal_gamma) / norm
 
     if positive.any():

@@ -11,13 +11,12 @@ inference with BatchNorm folded into the convolutions (``core.engine.inference.i
 in its ``DetBenchTrain`` / ``DetBenchPredict`` in the same process, same threads, same inputs,
 alternating one iteration of each so that machine noise hits both sides alike, and prints the
 DetLab / effdet ratios; effdet runs in its default contiguous layout unless ``--channels-last``.
-``--compile`` wraps both sides' networks in ``torch.compile``. On a GPU it also prints achieved TFLOP/s and the fraction of the device's
-dense bf16 peak.
+``--compile`` wraps both sides' networks in ``torch.compile``. On a GPU it also prints achieved
+TFLOP/s and the fraction of the device's dense bf16 peak.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import re
 import statistics
 import sys
@@ -77,7 +76,7 @@ def detlab_fns(cfg, num_classes: int, device: torch.device, train_batch: int, pr
     size = cfg.dataset.image_size
     model = build_detector(cfg, num_classes).to(device, memory_format=torch.channels_last)
     task = build_task(cfg, model)
-    predict_net = inference_model(copy.deepcopy(model), device, compile_model)
+    predict_net = inference_model(model, device, compile_model)  # a folded copy; model itself is unchanged
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model.eval()(torch.randn(1, 3, size, size, device=device))
     gflops = counter.get_total_flops() / 1e9

@@ -18,7 +18,7 @@ from symbol.fold_bn import fold_batchnorm
 def inference_model(model: nn.Module, device: torch.device, compile_model: bool = False) -> nn.Module:
     """``model`` (a ``symbol.detector.Detector``) as DetLab runs it for inference: on ``device``, in
     eval mode, channels_last, with BatchNorm folded into the convolutions that feed it (a new
-    module; ``model`` is left as it is), wrapped in ``torch.compile`` when ``compile_model``
+    module; ``model`` is only moved to ``device`` and set to eval, its weights stay), wrapped in ``torch.compile`` when ``compile_model``
     (``General.compile``). Outputs equal the plain eval-mode model's to float rounding; the check
     runs on one small random input (``symbol.fold_bn``)."""
     model = model.to(device, memory_format=torch.channels_last).eval()
