@@ -1,6 +1,7 @@
 """The inference model DetLab runs: BatchNorm folded into convolutions, channels_last."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from core.config import load_config
 from core.engine.inference import inference_model
 from symbol.builder import build_detector
 from symbol.fold_bn import fold_batchnorm
+from symbol.head.effdet_head import split_level_norms
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 
@@ -99,3 +101,22 @@ def test_inference_model_leaves_the_training_model_alone() -> None:
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 108
+
+
+@pytest.mark.parametrize("name", ["effdet_b0", "effdet_lite0", "demo"])
+def test_head_level_norms_fold_into_per_level_convs(name: str) -> None:
+    """split_level_norms gives each level its own copy of the head's shared convs (same outputs,
+    bit for bit); then every BatchNorm of the network folds, and inference_model's outputs match
+    the training model's."""
+    cfg = load_config(CONFIG_DIR / f"{name}.py", ["dataset.image_size=128"])
+    model = build_detector(cfg, 3).eval()
+    _randomise_batchnorm(model)
+    split = copy.deepcopy(model)
+    assert split_level_norms(split) == 2  # class and box subnets
+    x = torch.randn(2, 3, 128, 160)
+    for a, b in zip(_outputs(model, x), _outputs(split, x)):
+        assert torch.equal(a, b)
+    runner = inference_model(model, torch.device("cpu"))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in runner.modules())
+    for a, b in zip(_outputs(model, x), _outputs(runner, x.to(memory_format=torch.channels_last))):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max())), float((a - b).abs().max())

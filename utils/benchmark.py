@@ -27,7 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from core.config import load_config
-from core.engine.inference import inference_model
+from core.engine.inference import compile_for_inference, inference_model
 from core.engine.runtime import autocast, select_device
 from core.task import build_task
 from symbol.builder import build_detector
@@ -122,8 +122,8 @@ def effdet_fns(cfg, num_classes: int, device: torch.device, train_batch: int, pr
                                       pretrained=False,
                                       pretrained_backbone=False, image_size=(size, size)).to(device, memory_format=fmt)
     predict_bench = effdet.DetBenchPredict(train_bench.model)
-    if compile_model:  # as DetLab compiles its training and (frozen-weight) inference networks
-        predict_bench.model = torch.compile(train_bench.model)  # frozen: inference_model set freezing
+    if compile_model:  # as DetLab compiles its training and inference networks
+        predict_bench.model = compile_for_inference(train_bench.model, device)
         train_bench.model = torch.compile(train_bench.model)
     gen = torch.Generator().manual_seed(0)
     train_x = torch.randn(train_batch, 3, size, size, generator=gen).to(device, memory_format=fmt)

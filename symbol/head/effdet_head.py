@@ -1,6 +1,7 @@
 """EfficientDet / RetinaNet-style head: class and box subnets shared across pyramid levels."""
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -56,6 +57,42 @@ class SubNet(nn.Module):
                     x = nn.functional.relu(conv(x))
             outputs.append(self.predict(x))
         return outputs
+
+
+class LevelSubNet(nn.Module):
+    """Inference form of a separable :class:`SubNet`: every level runs its own copy of the repeated
+    separable convs, each followed by that level's BatchNorm and swish, then the shared prediction
+    conv. Same outputs as the SubNet it is made from; with one conv per BatchNorm,
+    ``symbol.fold_bn`` can fold every norm (a shared conv feeding five per-level norms cannot be
+    folded). The copies do not share weights any more: for inference, not training.
+
+    ``forward(list of [B, C, H_l, W_l]) -> list of [B, num_anchors * num_outputs, H_l, W_l]``.
+    """
+
+    def __init__(self, subnet: SubNet):
+        super().__init__()
+        if not subnet.separable:
+            raise ValueError("LevelSubNet needs a separable SubNet (RetinaNet's subnets have no per-level norms)")
+        self.levels = nn.ModuleList(
+            nn.Sequential(*(m for conv, norms in zip(subnet.convs, subnet.norms)
+                            for m in (copy.deepcopy(conv), norms[level], nn.SiLU())))
+            for level in range(len(subnet.norms[0])))
+        self.predict = subnet.predict
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.predict(layers(x)) for layers, x in zip(self.levels, features)]
+
+
+def split_level_norms(module: nn.Module) -> int:
+    """Replace, in place, every separable :class:`SubNet` inside ``module`` by its
+    :class:`LevelSubNet` (inference only); returns the number replaced."""
+    replaced = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, SubNet) and child.separable:
+                setattr(parent, name, LevelSubNet(child))
+                replaced += 1
+    return replaced
 
 
 class EfficientDetHead(nn.Module):
