@@ -382,12 +382,15 @@ def test_top_candidates_equal_full_topk(k: int) -> None:
     """The threshold-first selection returns exactly the values of a full topk, at indices that
     hold those values, also with many ties and with a score floor."""
     gen = torch.Generator().manual_seed(k)
-    levels = [torch.randn(300, 9, generator=gen), torch.randn(77, 9, generator=gen),
+    ragged = [torch.randn(300, 9, generator=gen), torch.randn(77, 9, generator=gen),  # slices leave remainders
               torch.randint(-3, 3, (40, 9), generator=gen).float()]  # integer level: many ties
-    flat = torch.cat([x.reshape(-1) for x in levels])
-    for min_logit in (-math.inf, 0.5):
-        values, idx = top_candidates([levels[0], levels[1].t().contiguous().t(), levels[2]], k, min_logit)
-        eligible = flat[flat >= min_logit]
-        expected = eligible.topk(min(k, eligible.numel())).values
-        assert torch.equal(values, expected)
-        assert torch.equal(flat[idx], values) and idx.unique().numel() == idx.numel()
+    pyramid = [torch.randn(64 * 9, 10, generator=gen), torch.randint(-3, 3, (16 * 9, 10), generator=gen).float(),
+               torch.randn(4 * 9, 10, generator=gen)]  # slices divide every level
+    for levels in (ragged, pyramid):
+        flat = torch.cat([x.reshape(-1) for x in levels])
+        for min_logit in (-math.inf, 0.5, 100.0):  # 100: nothing reaches the floor
+            values, idx = top_candidates([levels[0], levels[1].t().contiguous().t(), levels[2]], k, min_logit)
+            eligible = flat[flat >= min_logit]
+            expected = eligible.topk(min(k, eligible.numel())).values
+            assert torch.equal(values, expected)
+            assert torch.equal(flat[idx], values) and idx.unique().numel() == idx.numel()

@@ -15,13 +15,15 @@ from core.postprocess import Detections
 from core.task import DetectionTask
 from symbol.fold_bn import fold_batchnorm
 from symbol.head.effdet_head import split_level_norms
+from symbol.strided_same_conv import replace_strided_same_convs
 
 
 def inference_model(model: nn.Module, device: torch.device, compile_model: bool = False) -> nn.Module:
     """``model`` (a ``symbol.detector.Detector``) as DetLab runs it for inference: on ``device``, in
     eval mode, channels_last, with BatchNorm folded into the convolutions that feed it (a new
     module; ``model`` is only moved to ``device`` and set to eval, its weights stay; the
-    EfficientDet head's per-level norms fold into per-level copies of its convs), compiled by
+    EfficientDet head's per-level norms fold into per-level copies of its convs), TF-SAME stride-2
+    convolutions without a padded copy (``symbol.strided_same_conv``), compiled by
     :func:`compile_for_inference` when ``compile_model`` (``General.compile``). Outputs equal the
     plain eval-mode model's to float rounding; the check runs on one small random input
     (``symbol.fold_bn``)."""
@@ -30,6 +32,7 @@ def inference_model(model: nn.Module, device: torch.device, compile_model: bool 
     example = torch.randn(1, 3, side, side, device=device).to(memory_format=torch.channels_last)
     network = copy.deepcopy(model)
     split_level_norms(network)  # one conv per head BatchNorm, so that every head norm folds too
+    replace_strided_same_convs(network)  # TF-SAME stride-2 convs without a padded copy of their input
     folded, _ = fold_batchnorm(network, example)
     return compile_for_inference(folded, device) if compile_model else folded
 

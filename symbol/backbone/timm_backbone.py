@@ -5,8 +5,6 @@ import timm
 import torch
 from torch import nn
 
-from symbol.strided_same_conv import replace_strided_same_convs
-
 
 class TimmBackbone(nn.Module):
     """Wraps ``timm.create_model(name, features_only=True)``.
@@ -21,7 +19,6 @@ class TimmBackbone(nn.Module):
         # timm's feature index i has stride 2**(i + 1) for the CNN families used here.
         self.body = timm.create_model(name, features_only=True, out_indices=[lv - 1 for lv in out_levels],
                                       pretrained=pretrained, **kwargs)
-        replace_strided_same_convs(self.body)  # TF SAME stride-2 convs without a padded copy
         reductions = self.body.feature_info.reduction()
         if reductions != [2**lv for lv in out_levels]:
             raise ValueError(
