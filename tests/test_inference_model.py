@@ -5,6 +5,7 @@ import copy
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from torch import nn
 
@@ -120,3 +121,27 @@ def test_head_level_norms_fold_into_per_level_convs(name: str) -> None:
     assert not any(isinstance(m, nn.BatchNorm2d) for m in runner.modules())
     for a, b in zip(_outputs(model, x), _outputs(runner, x.to(memory_format=torch.channels_last))):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max())), float((a - b).abs().max())
+
+
+def test_squeeze_excite_projections_keep_outputs() -> None:
+    """replace_excite_convs swaps the 2 x 16 one-pixel 1x1 convs of EfficientNet-B0's
+    squeeze-excite blocks; the block outputs stay (to float rounding), and any other input shape
+    is refused."""
+    from timm.models._efficientnet_blocks import SqueezeExcite
+
+    from symbol.squeeze_excite import PixelProjection, replace_excite_convs
+
+    torch.manual_seed(0)
+    plain = timm.create_model("tf_efficientnet_b0", features_only=True, out_indices=[2, 3, 4]).eval()
+    swapped = copy.deepcopy(plain)
+    assert replace_excite_convs(swapped) == 16
+    assert sum(isinstance(m, PixelProjection) for m in swapped.modules()) == 32
+    assert not any(isinstance(m.conv_reduce, nn.Conv2d) for m in swapped.modules() if isinstance(m, SqueezeExcite))
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        for got, expected in zip(swapped(x), plain(x)):
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\[B, C, 1, 1\]"):
+        PixelProjection(nn.Conv2d(4, 2, 1))(torch.randn(1, 4, 2, 2))
+    with pytest.raises(ValueError, match="plain 1x1 conv"):
+        PixelProjection(nn.Conv2d(4, 2, 3))

@@ -15,6 +15,7 @@ from core.postprocess import Detections
 from core.task import DetectionTask
 from symbol.fold_bn import fold_batchnorm
 from symbol.head.effdet_head import split_level_norms
+from symbol.squeeze_excite import replace_excite_convs
 from symbol.strided_same_conv import replace_strided_same_convs
 
 
@@ -23,7 +24,8 @@ def inference_model(model: nn.Module, device: torch.device, compile_model: bool 
     eval mode, channels_last, with BatchNorm folded into the convolutions that feed it (a new
     module; ``model`` is only moved to ``device`` and set to eval, its weights stay; the
     EfficientDet head's per-level norms fold into per-level copies of its convs), TF-SAME stride-2
-    convolutions without a padded copy (``symbol.strided_same_conv``), compiled by
+    convolutions without a padded copy (``symbol.strided_same_conv``), squeeze-excite projections
+    as fusable products (``symbol.squeeze_excite``), compiled by
     :func:`compile_for_inference` when ``compile_model`` (``General.compile``). Outputs equal the
     plain eval-mode model's to float rounding; the check runs on one small random input
     (``symbol.fold_bn``)."""
@@ -33,6 +35,7 @@ def inference_model(model: nn.Module, device: torch.device, compile_model: bool 
     network = copy.deepcopy(model)
     split_level_norms(network)  # one conv per head BatchNorm, so that every head norm folds too
     replace_strided_same_convs(network)  # TF-SAME stride-2 convs without a padded copy of their input
+    replace_excite_convs(network)  # squeeze-excite 1x1 convs on one pixel as a product and a sum
     folded, _ = fold_batchnorm(network, example)
     return compile_for_inference(folded, device) if compile_model else folded
 
