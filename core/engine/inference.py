@@ -27,8 +27,8 @@ def inference_model(model: nn.Module, device: torch.device, compile_model: bool 
     convolutions without a padded copy (``symbol.strided_same_conv``), squeeze-excite projections
     as fusable products (``symbol.squeeze_excite``), compiled by
     :func:`compile_for_inference` when ``compile_model`` (``General.compile``). Outputs equal the
-    plain eval-mode model's to float rounding; the check runs on one small random input
-    (``symbol.fold_bn``)."""
+    plain eval-mode model's to float rounding: the folding is checked on one small random input
+    when built (``symbol.fold_bn``); the other rewrites are exact copies, checked by the tests."""
     model = model.to(device, memory_format=torch.channels_last).eval()
     side = max(128, 2 ** max(model.levels))  # the coarsest level still has a pixel
     example = torch.randn(1, 3, side, side, device=device).to(memory_format=torch.channels_last)
