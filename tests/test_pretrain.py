@@ -25,6 +25,7 @@ from core.convert.weights_file import WeightsFileError, read_weights
 from core.pretrain import PretrainError, apply_pretrain, freeze, load_detector_weights, load_into
 from symbol.builder import build_detector
 from utils import param_surgery
+from conftest import synthetic_shapes_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -344,14 +345,8 @@ FROZEN = ["backbone.body.conv_stem.*", "backbone.body.bn1.*", "backbone.body.blo
 
 
 def _write_yaml(folder: Path, name: str, classes: list[str] | None) -> Path:
-    path = folder / f"{name}.yaml"
-    path.write_text(
-        "format: coco\nroot: shapes\n" + (f"classes: [{', '.join(classes)}]\n" if classes else "")
-        + "train: {images: images/train, annotations: annotations/train.json}\n"
-        "val: {images: images/val, annotations: annotations/val.json}\n"
-        # pictures drawn at 64 px, fed at 128 px: objects of 24-58 input pixels, as Lite's anchors (24 px up) expect
-        "synthesize: {kind: shapes, train_images: 48, val_images: 16, image_size: 64, seed: 3}\n")
-    return path
+    # pictures drawn at 64 px, fed at 128 px: objects of 24-58 input pixels, as Lite's anchors (24 px up) expect
+    return synthetic_shapes_yaml(folder, 48, 16, 64, seed=3, root="shapes", name=name, classes=classes)
 
 
 def _overrides(data: Path, work_dir: Path, name: str, epochs: int) -> list[str]:

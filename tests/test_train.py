@@ -13,6 +13,7 @@ from core.checkpoint import list_checkpoints, load_checkpoint
 from core.config import load_config
 from core.engine.signals import StopSignals
 from core.engine.trainer import Trainer
+from conftest import synthetic_shapes_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,15 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     """A 24 + 8 image synthetic shapes set at 128 px, described by a YAML file."""
-    folder = tmp_path_factory.mktemp("data")
-    yaml_path = folder / "tiny.yaml"
-    yaml_path.write_text(
-        "format: coco\nroot: tiny\n"
-        "train: {images: images/train, annotations: annotations/train.json}\n"
-        "val: {images: images/val, annotations: annotations/val.json}\n"
-        "synthesize: {kind: shapes, train_images: 24, val_images: 8, image_size: 128, seed: 3}\n"
-    )
-    return yaml_path
+    return synthetic_shapes_yaml(tmp_path_factory.mktemp("data"), 24, 8, 128, seed=3)
 
 
 def tiny_overrides(data: Path, work_dir: Path, name: str, epochs: int) -> list[str]:

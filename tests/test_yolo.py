@@ -15,6 +15,7 @@ from core.config import load_config
 from core.task import DetectionTask, build_task
 from core.yolo import YoloTask, build_targets, decode, gather_targets, split_layers
 from symbol.builder import build_detector
+from conftest import synthetic_shapes_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "config"
@@ -276,11 +277,7 @@ def test_train_and_test_yolov4_s_end_to_end(tmp_path: Path) -> None:
     from core.engine.tester import find_weights, load_trained
     from core.engine.trainer import Trainer
 
-    data = tmp_path / "tiny.yaml"
-    data.write_text("format: coco\nroot: tiny\n"
-                    "train: {images: images/train, annotations: annotations/train.json}\n"
-                    "val: {images: images/val, annotations: annotations/val.json}\n"
-                    "synthesize: {kind: shapes, train_images: 8, val_images: 4, image_size: 96, seed: 5}\n")
+    data = synthetic_shapes_yaml(tmp_path, 8, 4, 96, seed=5)
     cfg = load_config(CONFIG_DIR / "yolov4_s.py", [
         f"dataset.data={data}", "dataset.image_size=96", f"General.work_dir={tmp_path}", "General.name=run",
         "General.batch_image=4", "General.loader_worker=0", "General.deterministic=True", "General.log_frequency=1",

@@ -9,6 +9,7 @@ from torch import nn
 from timm.layers import create_conv2d
 
 from symbol.layers import SeparableConv, batch_norm
+from symbol.swap import swap_modules
 
 
 class SubNet(nn.Module):
@@ -86,13 +87,7 @@ class LevelSubNet(nn.Module):
 def split_level_norms(module: nn.Module) -> int:
     """Replace, in place, every separable :class:`SubNet` inside ``module`` by its
     :class:`LevelSubNet` (inference only); returns the number replaced."""
-    replaced = 0
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, SubNet) and child.separable:
-                setattr(parent, name, LevelSubNet(child))
-                replaced += 1
-    return replaced
+    return swap_modules(module, lambda m: LevelSubNet(m) if isinstance(m, SubNet) and m.separable else None)
 
 
 class EfficientDetHead(nn.Module):
