@@ -59,7 +59,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, atol: float = 1e-3) 
         if len(convs) == 1 and None not in convs:
             feeds.setdefault(next(iter(convs)), []).append(bn)
     pairs = {bns[0]: conv for conv, bns in feeds.items() if len(bns) == 1}
-    replacements = {bn: _fold(conv, bn) for bn, conv in pairs.items()}
+    replacements = {bn: fold_into_conv(conv, bn) for bn, conv in pairs.items()}
     swap_modules(folded, replacements.get)
 
     with torch.no_grad():
@@ -72,8 +72,10 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, atol: float = 1e-3) 
     return folded, len(replacements)
 
 
-def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Module:
-    """Fold ``bn`` into ``conv`` in place; the module that replaces ``bn``."""
+def fold_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Module:
+    """Fold the eval-mode ``bn`` into ``conv`` (whose output it normalises), in place: ``conv``
+    gets the scaled weights and a bias. Returns the module that replaces ``bn``: ``nn.Identity``, or
+    the activation of a ``timm`` ``BatchNormAct2d``."""
     with torch.no_grad():
         scale = bn.running_var.add(bn.eps).rsqrt()
         if bn.weight is not None:

@@ -23,7 +23,8 @@ def inference_model(model: nn.Module, device: torch.device, compile_model: bool 
     """``model`` (a ``symbol.detector.Detector``) as DetLab runs it for inference: on ``device``, in
     eval mode, channels_last, with BatchNorm folded into the convolutions that feed it (a new
     module; ``model`` is only moved to ``device`` and set to eval, its weights stay; the
-    EfficientDet head's per-level norms fold into per-level copies of its convs), TF-SAME stride-2
+    EfficientDet head's per-level norms fold into per-level copies of its convs, its coarse levels
+    share one canvas: ``symbol.head.effdet_head.LevelSubNet``), TF-SAME stride-2
     convolutions without a padded copy (``symbol.strided_same_conv``), squeeze-excite projections
     as fusable products (``symbol.squeeze_excite``), compiled by
     :func:`compile_for_inference` when ``compile_model`` (``General.compile``). Outputs equal the
@@ -33,7 +34,7 @@ def inference_model(model: nn.Module, device: torch.device, compile_model: bool 
     side = max(128, 2 ** max(model.levels))  # the coarsest level still has a pixel
     example = torch.randn(1, 3, side, side, device=device).to(memory_format=torch.channels_last)
     network = copy.deepcopy(model)
-    split_level_norms(network)  # one conv per head BatchNorm, so that every head norm folds too
+    split_level_norms(network)  # head norms folded per level; coarse levels on one canvas
     replace_strided_same_convs(network)  # TF-SAME stride-2 convs without a padded copy of their input
     replace_excite_convs(network)  # squeeze-excite 1x1 convs on one pixel as a product and a sum
     folded, _ = fold_batchnorm(network, example)

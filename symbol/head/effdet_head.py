@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from timm.layers import create_conv2d
 
+from symbol.head.level_canvas import LevelCanvas
+from symbol.fold_bn import fold_into_conv
 from symbol.layers import SeparableConv, batch_norm
 from symbol.swap import swap_modules
 
@@ -61,27 +63,70 @@ class SubNet(nn.Module):
 
 
 class LevelSubNet(nn.Module):
-    """Inference form of a separable :class:`SubNet`: every level runs its own copy of the repeated
-    separable convs, each followed by that level's BatchNorm and swish, then the shared prediction
-    conv. Same outputs as the SubNet it is made from; with one conv per BatchNorm,
-    ``symbol.fold_bn`` can fold every norm (a shared conv feeding five per-level norms cannot be
-    folded). The copies do not share weights any more: for inference, not training.
+    """Inference form of a separable :class:`SubNet`, same outputs to float rounding; its weights
+    are copies (for inference, not training).
+
+    Each level gets its own copy of the repeated separable convs with that level's BatchNorm
+    folded into the pointwise conv (a shared conv feeding five per-level norms cannot be folded),
+    then swish. Levels of at most ``max_packed_pixels`` pixels (the coarse end of the pyramid,
+    16x16 and smaller by default), when there are two or more, run together instead: on one
+    :class:`~symbol.head.level_canvas.LevelCanvas` through the shared convs, each level's
+    BatchNorm a per-pixel scale and shift that is zero in the gaps (so swish keeps the gaps zero),
+    so that each conv is called once for all of them; on such small maps a call costs far more
+    than its arithmetic. Which levels pack is decided per input size, in ``forward``.
 
     ``forward(list of [B, C, H_l, W_l]) -> list of [B, num_anchors * num_outputs, H_l, W_l]``.
     """
 
-    def __init__(self, subnet: SubNet):
+    def __init__(self, subnet: SubNet, max_packed_pixels: int = 256):
         super().__init__()
         if not subnet.separable:
             raise ValueError("LevelSubNet needs a separable SubNet (RetinaNet's subnets have no per-level norms)")
+        self.max_packed_pixels = max_packed_pixels
         self.levels = nn.ModuleList(
             nn.Sequential(*(m for conv, norms in zip(subnet.convs, subnet.norms)
-                            for m in (copy.deepcopy(conv), norms[level], nn.SiLU())))
+                            for m in (_folded_copy(conv, norms[level]), nn.SiLU())))
             for level in range(len(subnet.norms[0])))
-        self.predict = subnet.predict
+        self.shared_convs = copy.deepcopy(subnet.convs)
+        affine = [[_affine(bn) for bn in norms] for norms in subnet.norms]  # [repeat][level] -> (scale, shift)
+        self.register_buffer("level_scale", torch.stack([torch.stack([a[0] for a in r]) for r in affine]))
+        self.register_buffer("level_shift", torch.stack([torch.stack([a[1] for a in r]) for r in affine]))
+        self.predict = copy.deepcopy(subnet.predict)
+        self.gap = max(conv.conv_dw.kernel_size[0] for conv in [*subnet.convs, subnet.predict]) // 2
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [self.predict(layers(x)) for layers, x in zip(self.levels, features)]
+        first_packed = len(features)
+        while first_packed > 0 and features[first_packed - 1].shape[-2:].numel() <= self.max_packed_pixels:
+            first_packed -= 1
+        if first_packed > len(features) - 2:
+            first_packed = len(features)
+        outputs = [self.predict(layers(x)) for layers, x in zip(self.levels, features[:first_packed])]
+        if first_packed == len(features):
+            return outputs
+        coarse = features[first_packed:]
+        canvas = LevelCanvas([tuple(x.shape[-2:]) for x in coarse], self.gap)
+        x = canvas.place(coarse)
+        for conv, scales, shifts in zip(self.shared_convs, self.level_scale, self.level_shift):
+            scale = canvas.place([s.view(1, -1, 1, 1).expand(1, -1, *f.shape[-2:])
+                                  for s, f in zip(scales[first_packed:], coarse)])
+            shift = canvas.place([b.view(1, -1, 1, 1).expand(1, -1, *f.shape[-2:])
+                                  for b, f in zip(shifts[first_packed:], coarse)])
+            x = nn.functional.silu(conv(x) * scale + shift)
+        return outputs + canvas.split(self.predict(x))
+
+
+def _folded_copy(conv: SeparableConv, bn: nn.BatchNorm2d) -> SeparableConv:
+    """A copy of the (norm-free) separable ``conv`` with the eval-mode ``bn`` after it folded in."""
+    folded = copy.deepcopy(conv)
+    fold_into_conv(folded.conv_pw, bn)
+    return folded
+
+
+def _affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eval-mode ``bn`` as ``x * scale + shift``, ``[C]`` each."""
+    with torch.no_grad():
+        scale = bn.running_var.add(bn.eps).rsqrt() * bn.weight
+        return scale, bn.bias - bn.running_mean * scale
 
 
 def split_level_norms(module: nn.Module) -> int:
