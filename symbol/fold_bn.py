@@ -77,12 +77,7 @@ def fold_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Module:
     gets the scaled weights and a bias. Returns the module that replaces ``bn``: ``nn.Identity``, or
     the activation of a ``timm`` ``BatchNormAct2d``."""
     with torch.no_grad():
-        scale = bn.running_var.add(bn.eps).rsqrt()
-        if bn.weight is not None:
-            scale = scale * bn.weight
-        shift = -bn.running_mean * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias
+        scale, shift = batchnorm_affine(bn)
         bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
         conv.weight.mul_(scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype))
         conv.bias = nn.Parameter((bias * scale + shift).to(conv.weight.dtype))
@@ -90,6 +85,18 @@ def fold_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Module:
     if act is not None:
         return nn.Sequential(bn.drop, act)
     return nn.Identity()
+
+
+def batchnorm_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eval-mode ``bn`` as ``x * scale + shift`` per channel: ``(scale [C], shift [C])``."""
+    with torch.no_grad():
+        scale = bn.running_var.add(bn.eps).rsqrt()
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        shift = -bn.running_mean * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias
+        return scale, shift
 
 
 def _flat_outputs(outputs) -> list[torch.Tensor]:

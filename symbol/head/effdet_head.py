@@ -9,7 +9,7 @@ from torch import nn
 from timm.layers import create_conv2d
 
 from symbol.head.level_canvas import LevelCanvas
-from symbol.fold_bn import fold_into_conv
+from symbol.fold_bn import batchnorm_affine, fold_into_conv
 from symbol.layers import SeparableConv, batch_norm
 from symbol.swap import swap_modules
 
@@ -88,7 +88,7 @@ class LevelSubNet(nn.Module):
                             for m in (_folded_copy(conv, norms[level]), nn.SiLU())))
             for level in range(len(subnet.norms[0])))
         self.shared_convs = copy.deepcopy(subnet.convs)
-        affine = [[_affine(bn) for bn in norms] for norms in subnet.norms]  # [repeat][level] -> (scale, shift)
+        affine = [[batchnorm_affine(bn) for bn in norms] for norms in subnet.norms]  # [repeat][level] -> (scale, shift)
         self.register_buffer("level_scale", torch.stack([torch.stack([a[0] for a in r]) for r in affine]))
         self.register_buffer("level_shift", torch.stack([torch.stack([a[1] for a in r]) for r in affine]))
         self.predict = copy.deepcopy(subnet.predict)
@@ -120,13 +120,6 @@ def _folded_copy(conv: SeparableConv, bn: nn.BatchNorm2d) -> SeparableConv:
     folded = copy.deepcopy(conv)
     fold_into_conv(folded.conv_pw, bn)
     return folded
-
-
-def _affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """The eval-mode ``bn`` as ``x * scale + shift``, ``[C]`` each."""
-    with torch.no_grad():
-        scale = bn.running_var.add(bn.eps).rsqrt() * bn.weight
-        return scale, bn.bias - bn.running_mean * scale
 
 
 def split_level_norms(module: nn.Module) -> int:
