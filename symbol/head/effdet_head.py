@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 
 import torch
@@ -88,29 +89,24 @@ class LevelSubNet(nn.Module):
                             for m in (_folded_copy(conv, norms[level]), nn.SiLU())))
             for level in range(len(subnet.norms[0])))
         self.shared_convs = copy.deepcopy(subnet.convs)
-        affine = [[batchnorm_affine(bn) for bn in norms] for norms in subnet.norms]  # [repeat][level] -> (scale, shift)
-        self.register_buffer("level_scale", torch.stack([torch.stack([a[0] for a in r]) for r in affine]))
-        self.register_buffer("level_shift", torch.stack([torch.stack([a[1] for a in r]) for r in affine]))
+        self.register_buffer("level_affine", torch.stack([  # [repeat, level, (scale, shift), C]
+            torch.stack([torch.stack(batchnorm_affine(bn)) for bn in norms]) for norms in subnet.norms]))
         self.predict = copy.deepcopy(subnet.predict)
         self.gap = max(conv.conv_dw.kernel_size[0] for conv in [*subnet.convs, subnet.predict]) // 2
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        first_packed = len(features)
-        while first_packed > 0 and features[first_packed - 1].shape[-2:].numel() <= self.max_packed_pixels:
-            first_packed -= 1
-        if first_packed > len(features) - 2:
-            first_packed = len(features)
+        small = sum(1 for _ in itertools.takewhile(lambda x: x.shape[-2:].numel() <= self.max_packed_pixels,
+                                                    reversed(features)))
+        first_packed = len(features) - small if small >= 2 else len(features)
         outputs = [self.predict(layers(x)) for layers, x in zip(self.levels, features[:first_packed])]
         if first_packed == len(features):
             return outputs
         coarse = features[first_packed:]
         canvas = LevelCanvas([tuple(x.shape[-2:]) for x in coarse], self.gap)
         x = canvas.place(coarse)
-        for conv, scales, shifts in zip(self.shared_convs, self.level_scale, self.level_shift):
-            scale = canvas.place([s.view(1, -1, 1, 1).expand(1, -1, *f.shape[-2:])
-                                  for s, f in zip(scales[first_packed:], coarse)])
-            shift = canvas.place([b.view(1, -1, 1, 1).expand(1, -1, *f.shape[-2:])
-                                  for b, f in zip(shifts[first_packed:], coarse)])
+        for conv, affine in zip(self.shared_convs, self.level_affine[:, first_packed:]):
+            scale, shift = (canvas.place([a[i].view(1, -1, 1, 1).expand(1, -1, *f.shape[-2:])
+                                          for a, f in zip(affine, coarse)]) for i in (0, 1))
             x = nn.functional.silu(conv(x) * scale + shift)
         return outputs + canvas.split(self.predict(x))
 

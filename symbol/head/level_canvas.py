@@ -25,36 +25,26 @@ class LevelCanvas:
     ``gap`` zero pixels between them; ``(top, left)`` of each level in ``origins``."""
 
     def __init__(self, sizes: list[tuple[int, int]], gap: int):
-        if not sizes:
-            raise ValueError("LevelCanvas needs at least one level")
+        if len(sizes) < 2:
+            raise ValueError(f"LevelCanvas lays out two or more levels, got sizes {sizes}")
         self.sizes = [tuple(s) for s in sizes]
         self.gap = gap
-        first_h, first_w = self.sizes[0]
-        column_left = first_w + gap
-        self.origins = [(0, 0)]
-        top = 0
-        for h, _ in self.sizes[1:]:
-            self.origins.append((top, column_left))
-            top += h + gap
-        column_w = max((w for _, w in self.sizes[1:]), default=0)
-        self.height = max(first_h, top - gap if len(self.sizes) > 1 else 0)
-        self.width = column_left + column_w if len(self.sizes) > 1 else first_w
+        (first_h, first_w), column = self.sizes[0], self.sizes[1:]
+        tops = [sum(h + gap for h, _ in column[:i]) for i in range(len(column))]
+        self.origins = [(0, 0)] + [(top, first_w + gap) for top in tops]
+        self.height = max(first_h, tops[-1] + column[-1][0])
+        self.width = first_w + gap + max(w for _, w in column)
 
     def place(self, maps: list[torch.Tensor]) -> torch.Tensor:
         """One ``[B, C, height, width]`` canvas holding ``maps`` (``[B, C, H_l, W_l]`` in
         ``sizes``; ``B`` may be 1 for all), zero elsewhere."""
         if [tuple(m.shape[-2:]) for m in maps] != self.sizes:
             raise ValueError(f"LevelCanvas laid out for sizes {self.sizes}, got {[tuple(m.shape[-2:]) for m in maps]}")
-        if len(maps) == 1:
-            return maps[0]
         first_h, first_w = self.sizes[0]
-        left = F.pad(maps[0], (0, self.gap, 0, self.height - first_h))
         column_w = self.width - first_w - self.gap
-        pieces = []
-        for i, m in enumerate(maps[1:]):
-            below = self.gap if i < len(maps) - 2 else self.height - self.origins[-1][0] - m.shape[-2]
-            pieces.append(F.pad(m, (0, column_w - m.shape[-1], 0, below)))
-        return torch.cat([left, torch.cat(pieces, dim=2)], dim=3)
+        column = torch.cat([F.pad(m, (0, column_w - m.shape[-1], 0, self.gap)) for m in maps[1:]], dim=2)
+        column = F.pad(column, (0, 0, 0, self.height - column.shape[-2]))  # negative: drops the last gap
+        return torch.cat([F.pad(maps[0], (0, self.gap, 0, self.height - first_h)), column], dim=3)
 
     def split(self, canvas: torch.Tensor) -> list[torch.Tensor]:
         """The per-level regions of ``canvas`` (``[B, C, height, width]``): ``[B, C, H_l, W_l]``
