@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from torchvision.ops import batched_nms
 
 from core import box_coder
+from core.nms import class_nms
 
 
 @dataclass
@@ -32,7 +32,8 @@ class Detections:
 
 
 def top_candidates(class_scores: Sequence[torch.Tensor], k: int, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` largest (anchor, class) scores of one image that are >= ``floor``.
+    """The ``k`` largest (anchor, class) scores of one image that are >= ``floor`` (scores of -inf
+    never count).
 
     ``class_scores``: per level ``[N_l, C]`` logits or probabilities (any layout; contiguous ones
     are read without a copy). Returns ``values [K]`` and flat indices ``[K]`` into the levels'
@@ -40,52 +41,52 @@ def top_candidates(class_scores: Sequence[torch.Tensor], k: int, floor: float) -
 
     A plain ``topk`` over all 4.4 M logits of an EfficientDet-D0 image runs on one thread and
     takes 50-70 ms on a CPU. Instead the logits are cut into ~16k slices (of a length that divides
-    every level when one is near, so that no level leaves a short remainder): the ``k``-th largest
-    slice maximum is a threshold that at least ``k`` logits reach, so all of the ``k`` largest
-    logits are at least that high and lie in slices whose maximum is; only those slices (about
-    ``k`` of them) are gathered and searched, and ``topk`` runs on what passes. The result is the
-    same set as the full ``topk`` (up to the order among equal values).
+    every level when one is near; a level's remainder is padded with -inf to a whole slice) and
+    the ``k`` slices with the largest maxima are kept. Their smallest maximum ``t`` is a threshold
+    that ``k`` logits reach, so the ``k``-th largest logit is >= ``t``; every logit above ``t`` lies
+    in a kept slice (its slice's maximum is above ``t``), and each kept slice holds a logit >= ``t``,
+    so the kept slices hold the ``k`` largest logits also when many tie at ``t``. Only the kept
+    slices are searched, and ``topk`` runs on their logits >= ``t``.
     """
     flat = [x.reshape(-1) for x in class_scores]
     total = sum(x.numel() for x in flat)
     if total == 0 or k <= 0:
         empty = flat[0].new_empty((0,)) if flat else torch.empty(0)
         return empty, torch.empty(0, dtype=torch.int64, device=empty.device)
-    slice_len = _slice_length([x.numel() for x in flat if x.numel()], max(1, total // (16 * k)))
-    pieces: list[tuple[int, torch.Tensor]] = []  # (flat offset, [slices, length] view)
+    length = _slice_length([x.numel() for x in flat if x.numel()], max(1, total // (16 * k)))
+    pieces: list[tuple[int, torch.Tensor]] = []  # (flat offset, [slices, length] rows)
     offset = 0
     for x in flat:
-        whole = x.numel() // slice_len * slice_len
+        whole = x.numel() // length * length
         if whole:
-            pieces.append((offset, x[:whole].view(-1, slice_len)))
+            pieces.append((offset, x[:whole].view(-1, length)))
         if whole < x.numel():
-            pieces.append((offset + whole, x[whole:].view(1, -1)))
+            tail = torch.nn.functional.pad(x[whole:], (0, length - (x.numel() - whole)), value=-math.inf)
+            pieces.append((offset + whole, tail.view(1, -1)))
         offset += x.numel()
-    maxima = [rows.amax(dim=1) for _, rows in pieces]
-    every_max = torch.cat(maxima)
-    threshold = every_max.topk(k).values[-1] if every_max.numel() >= k else every_max.min()
-    threshold = threshold.clamp(min=floor) if floor > -math.inf else threshold
-    hits = (every_max >= threshold).nonzero().squeeze(1)  # slice numbers, ascending
-    if hits.numel() == 0:  # nothing reaches the floor
-        return every_max[:0], hits
-    first_slice = torch.tensor([0] + [m.numel() for m in maxima], device=hits.device).cumsum(0)
-    cuts = torch.searchsorted(hits, first_slice).tolist()
-    found: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}  # slice length -> (slices, offsets)
-    for (start, rows), first, lo, hi in zip(pieces, first_slice.tolist(), cuts[:-1], cuts[1:]):
+    maxima = torch.cat([rows.amax(dim=1) for _, rows in pieces])
+    top_maxima, kept = maxima.topk(min(k, maxima.numel()), sorted=False)
+    threshold = top_maxima.min().clamp(min=max(floor, torch.finfo(maxima.dtype).min))  # the padding never passes
+    hit = torch.zeros_like(maxima, dtype=torch.bool)
+    hit[kept[top_maxima >= threshold]] = True
+    kept = hit.nonzero().squeeze(1)  # slice numbers, ascending
+    first_slice = [0]
+    for _, rows in pieces:
+        first_slice.append(first_slice[-1] + rows.shape[0])
+    cuts = torch.searchsorted(kept, torch.tensor(first_slice, device=kept.device)).tolist()
+    blocks, starts = [], []
+    for (start, rows), first, lo, hi in zip(pieces, first_slice, cuts[:-1], cuts[1:]):
         if hi > lo:
-            local = hits[lo:hi] - first
-            blocks, offsets = found.setdefault(rows.shape[1], ([], []))
+            local = kept[lo:hi] - first
             blocks.append(rows.index_select(0, local))
-            offsets.append(start + local * rows.shape[1])
-    values, indices = [], []
-    for blocks, offsets in found.values():
-        block, offset_of = torch.cat(blocks), torch.cat(offsets)
-        r, c = (block >= threshold).nonzero(as_tuple=True)
-        values.append(block[r, c])
-        indices.append(offset_of[r] + c)
-    values, indices = torch.cat(values), torch.cat(indices)
+            starts.append(start + local * length)
+    if not blocks:  # nothing reaches the floor
+        return maxima[:0], kept
+    block = torch.cat(blocks)
+    r, c = (block >= threshold).nonzero(as_tuple=True)
+    values, index = block[r, c], torch.cat(starts)[r] + c
     top, order = values.topk(min(k, values.numel()))
-    return top, indices[order]
+    return top, index[order]
 
 
 def _slice_length(sizes: list[int], target: int) -> int:
@@ -123,6 +124,6 @@ def postprocess(class_logits: Sequence[torch.Tensor], box_deltas: torch.Tensor, 
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, image_size[0])
         nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         boxes, scores, labels = boxes[nonempty], scores[nonempty], labels[nonempty]
-        keep = batched_nms(boxes, scores, labels, nms_thresh)[:max_det]
+        keep = class_nms(boxes, scores, labels, nms_thresh)[:max_det]
         results.append(Detections(boxes[keep], scores[keep], labels[keep]))
     return results

@@ -23,8 +23,9 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import batched_nms, complete_box_iou_loss
+from torchvision.ops import complete_box_iou_loss
 
+from core.nms import class_nms
 from core.postprocess import Detections, top_candidates
 
 # Cell shifts (dx, dy) of the centre cell and of the left, top, right, bottom neighbours.
@@ -205,7 +206,7 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, image_size: tup
         box[:, 1::2] = box[:, 1::2].clamp(0, image_size[0])
         nonempty = (box[:, 2] > box[:, 0]) & (box[:, 3] > box[:, 1])
         box, score, labels = box[nonempty], score[nonempty], labels[nonempty]
-        kept = batched_nms(box, score, labels, nms_thresh)[:max_det]
+        kept = class_nms(box, score, labels, nms_thresh)[:max_det]
         results.append(Detections(box[kept], score[kept], labels[kept]))
     return results
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.ops import sigmoid_focal_loss
+from torchvision.ops import nms, sigmoid_focal_loss
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +17,7 @@ from core.anchors import AnchorGenerator, flatten_levels
 from core.config import ConfigError, load_config
 from core.focal_loss import sigmoid_focal_loss_sum
 from core.loss import BACKGROUND, IGNORE, assign, detection_loss
+from core.nms import class_nms
 from core.postprocess import postprocess, top_candidates
 from core.task import DetectionTask
 from symbol.builder import build_detector
@@ -377,20 +378,56 @@ def test_focal_loss_sum_levels_and_dtype() -> None:
         sigmoid_focal_loss_sum([xs[0]], [labels[1]], 0.25, 1.5)
 
 
+def _nms_class_by_class(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou: float) -> torch.Tensor:
+    """torchvision's nms run on each class alone; kept indices by decreasing score."""
+    kept = [(labels == c).nonzero().squeeze(1)[nms(boxes[labels == c], scores[labels == c], iou)] for c in labels.unique()]
+    kept = torch.cat(kept) if kept else labels[:0]
+    return kept[scores[kept].argsort(descending=True)]
+
+
+@pytest.mark.parametrize("num_boxes,num_classes", [(1000, 90), (600, 40), (1000, 4), (100, 90), (0, 1)])
+def test_class_nms_keeps_what_per_class_nms_keeps(num_boxes: int, num_classes: int) -> None:
+    """Same kept boxes, in the same order, as torchvision's nms class by class: both the
+    same-class-pairs route (many classes) and the batched_nms route (few classes, few boxes)."""
+    gen = torch.Generator().manual_seed(num_boxes + num_classes)
+    xy = torch.rand(num_boxes, 2, generator=gen) * 300
+    boxes = torch.cat([xy, xy + 10 + torch.rand(num_boxes, 2, generator=gen) * 100], 1)
+    scores = torch.rand(num_boxes, generator=gen)
+    labels = torch.randint(0, num_classes, (num_boxes,), generator=gen)
+    for iou in (0.3, 0.5, 0.7):
+        assert torch.equal(class_nms(boxes, scores, labels, iou), _nms_class_by_class(boxes, scores, labels, iou))
+
+
+def test_class_nms_follows_suppression_chains() -> None:
+    """Boxes in a row, each overlapping the next (IoU 0.54) but not the one after (0.25): greedy NMS
+    keeps every other box, because a suppressed box suppresses nothing. The same-class-pairs route
+    needs several rounds to get there."""
+    chain = torch.tensor([[3.0 * i, 0.0, 3.0 * i + 10, 10.0] for i in range(10)])
+    boxes = torch.cat([chain + 1000 * c for c in range(30)])  # 30 classes x 10 boxes: the pairs route
+    scores = (1 - 0.003 * (30 * torch.arange(10) + torch.arange(30)[:, None])).reshape(-1)  # distinct, falling in each class
+    labels = torch.arange(30).repeat_interleave(10)
+    kept = class_nms(boxes, scores, labels, 0.5)
+    assert torch.equal(kept.sort().values, torch.arange(0, 300, 2))
+    assert torch.equal(kept, _nms_class_by_class(boxes, scores, labels, 0.5))
+
+
 @pytest.mark.parametrize("k", [1, 7, 100, 1000, 5000])
 def test_top_candidates_equal_full_topk(k: int) -> None:
     """The threshold-first selection returns exactly the values of a full topk, at indices that
-    hold those values, also with many ties and with a score floor."""
+    hold those values, also with many ties, all logits equal, a score floor, and -inf logits
+    (never returned)."""
     gen = torch.Generator().manual_seed(k)
     ragged = [torch.randn(300, 9, generator=gen), torch.randn(77, 9, generator=gen),  # slices leave remainders
               torch.randint(-3, 3, (40, 9), generator=gen).float()]  # integer level: many ties
     pyramid = [torch.randn(64 * 9, 10, generator=gen), torch.randint(-3, 3, (16 * 9, 10), generator=gen).float(),
                torch.randn(4 * 9, 10, generator=gen)]  # slices divide every level
-    for levels in (ragged, pyramid):
+    tied = [torch.full((64 * 9, 10), -4.6), torch.full((16 * 9, 10), -4.6), torch.randn(4 * 9, 10, generator=gen)]
+    never = [torch.randn(300, 9, generator=gen), torch.full((77, 9), -math.inf), torch.randn(40, 9, generator=gen)]
+    for levels in (ragged, pyramid, tied, never):
         flat = torch.cat([x.reshape(-1) for x in levels])
-        for min_logit in (-math.inf, 0.5, 100.0):  # 100: nothing reaches the floor
+        for min_logit in (-math.inf, -4.6, 0.5, 100.0):  # 100: nothing reaches the floor
             values, idx = top_candidates([levels[0], levels[1].t().contiguous().t(), levels[2]], k, min_logit)
-            eligible = flat[flat >= min_logit]
+            eligible = flat[(flat >= min_logit) & (flat > -math.inf)]
             expected = eligible.topk(min(k, eligible.numel())).values
             assert torch.equal(values, expected)
             assert torch.equal(flat[idx], values) and idx.unique().numel() == idx.numel()

@@ -10,7 +10,8 @@ inference with BatchNorm folded into the convolutions (``core.engine.inference.i
 ``--compare effdet`` times effdet's matching model (``tf_efficientdet_d{phi}`` for effdet_b{phi})
 in its ``DetBenchTrain`` / ``DetBenchPredict`` in the same process, same threads, same inputs,
 alternating one iteration of each so that machine noise hits both sides alike, and prints the
-DetLab / effdet ratios; effdet runs in its default contiguous layout unless ``--channels-last``.
+DetLab / effdet ratios (median over rounds of the ratio of each round's back-to-back calls, with
+the spread over rounds); effdet runs in its default contiguous layout unless ``--channels-last``.
 ``--compile`` wraps both sides' networks in ``torch.compile``. On a GPU it also prints achieved
 TFLOP/s and the fraction of the device's dense bf16 peak.
 """
@@ -52,8 +53,9 @@ def _sync(device: torch.device) -> None:
 
 
 def time_interleaved(fns: dict[str, Callable[[], None]], iters: int, warmup: int,
-                     device: torch.device) -> dict[str, float]:
-    """Median seconds per call of each function, calling them in turn ``iters`` times."""
+                     device: torch.device) -> dict[str, list[float]]:
+    """Seconds of each call of each function, calling them in turn ``iters`` times (round ``i`` of
+    every function at index ``i``)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -65,7 +67,15 @@ def time_interleaved(fns: dict[str, Callable[[], None]], iters: int, warmup: int
             fn()
             _sync(device)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def ratio_spread(slow: list[float], fast: list[float]) -> tuple[float, float, float]:
+    """Median, 10th and 90th percentile over rounds of ``slow[i] / fast[i]``: each round's two
+    calls ran back to back, so a slow phase of the machine hits both."""
+    ratios = sorted(s / f for s, f in zip(slow, fast))
+    deciles = statistics.quantiles(ratios, n=10) if len(ratios) > 1 else ratios * 9
+    return statistics.median(ratios), deciles[0], deciles[-1]
 
 
 def detlab_fns(cfg, num_classes: int, device: torch.device, train_batch: int, predict_batch: int,
@@ -183,14 +193,17 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"effdet channels_last={args.channels_last}, compile={args.compile}, precision={precision}, {args.iters} timed iterations")
     if args.only:
         runs = {name: fn for name, fn in runs.items() if name.endswith("/" + args.only)}
-    times = time_interleaved(runs, args.iters, args.warmup, device)
+    rounds = time_interleaved(runs, args.iters, args.warmup, device)
+    times = {name: statistics.median(t) for name, t in rounds.items()}
     batch = {"train": args.train_batch, "predict": args.predict_batch}
-    print(f"{'':18}{'ms/iter':>10}{'images/s':>10}")
+    print(f"{'':18}{'ms/iter':>10}{'images/s':>10}   (medians)")
     for name, seconds in times.items():
         print(f"{name:18}{seconds * 1e3:10.1f}{batch[name.split('/')[1]] / seconds:10.2f}")
     if args.compare:
         for kind in [args.only] if args.only else ["train", "predict"]:
-            print(f"ratio {kind} images/s detlab/effdet: {times[f'effdet/{kind}'] / times[f'detlab/{kind}']:.2f}")
+            median, low, high = ratio_spread(rounds[f"effdet/{kind}"], rounds[f"detlab/{kind}"])
+            print(f"ratio {kind} images/s detlab/effdet: {median:.2f} (median of {args.iters} rounds; "
+                  f"10-90% of rounds {low:.2f}-{high:.2f}; ratio of the medians {times[f'effdet/{kind}'] / times[f'detlab/{kind}']:.2f})")
     if device.type == "cuda":
         peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device_name), None)
         for kind, factor in (("train", 3.0), ("predict", 1.0)):  # backward ~ 2 x forward

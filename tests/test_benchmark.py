@@ -1,0 +1,33 @@
+"""utils.benchmark: a short side-by-side run with effdet prints both sides and their ratios."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from utils.benchmark import main, ratio_spread
+
+
+def test_ratio_spread_pairs_rounds() -> None:
+    """Each round's ratio uses that round's two calls; median and 10/90% points over rounds."""
+    slow = [2.0, 4.0, 6.0, 8.0, 10.0]
+    fast = [1.0, 2.0, 2.0, 4.0, 10.0]  # ratios 2, 2, 3, 2, 1
+    median, low, high = ratio_spread(slow, fast)
+    assert median == 2.0 and low <= 1.0 + 1e-9 and high >= 3.0 - 1e-9
+    assert ratio_spread([3.0], [1.5]) == (2.0, 2.0, 2.0)
+
+
+def test_benchmark_compares_with_effdet(capsys: pytest.CaptureFixture[str]) -> None:
+    """Training and prediction of effdet_b0 (at 128 px) and of effdet's tf_efficientdet_d0, timed
+    in turn: a time and images/s for each of the four, and a ratio for training and prediction."""
+    assert main(["--config", "config/effdet_b0.py", "--set", "dataset.image_size=128", "--num-classes", "5",
+                 "--iters", "3", "--warmup", "1", "--threads", "1", "--compare", "effdet"]) == 0
+    out = capsys.readouterr().out
+    for name in ("detlab/train", "detlab/predict", "effdet/train", "effdet/predict"):
+        ms, images_per_s = re.search(rf"^{name}\s+([\d.]+)\s+([\d.]+)$", out, re.M).groups()
+        assert float(ms) > 0 and float(images_per_s) > 0
+    for kind in ("train", "predict"):
+        median, low, high = map(float, re.search(
+            rf"ratio {kind} images/s detlab/effdet: ([\d.]+) \(median of 3 rounds; 10-90% of rounds ([\d.]+)-([\d.]+)",
+            out).groups())
+        assert 0 < low <= median <= high
