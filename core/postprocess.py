@@ -65,10 +65,10 @@ def top_candidates(class_scores: Sequence[torch.Tensor], k: int, floor: float) -
             pieces.append((offset + whole, tail.view(1, -1)))
         offset += x.numel()
     maxima = torch.cat([rows.amax(dim=1) for _, rows in pieces])
-    top_maxima, kept = maxima.topk(min(k, maxima.numel()), sorted=False)
+    top_maxima, top_slices = maxima.topk(min(k, maxima.numel()), sorted=False)
     threshold = top_maxima.min().clamp(min=max(floor, torch.finfo(maxima.dtype).min))  # the padding never passes
     hit = torch.zeros_like(maxima, dtype=torch.bool)
-    hit[kept[top_maxima >= threshold]] = True
+    hit[top_slices[top_maxima >= threshold]] = True
     kept = hit.nonzero().squeeze(1)  # slice numbers, ascending
     first_slice = [0]
     for _, rows in pieces:
