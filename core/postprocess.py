@@ -120,10 +120,18 @@ def postprocess(class_logits: Sequence[torch.Tensor], box_deltas: torch.Tensor, 
         anchor_idx = idx // num_classes
         labels = idx % num_classes
         boxes = box_coder.decode(box_deltas[i, anchor_idx].float(), anchors[anchor_idx])
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, image_size[1])
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, image_size[0])
-        nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        boxes, scores, labels = boxes[nonempty], scores[nonempty], labels[nonempty]
-        keep = class_nms(boxes, scores, labels, nms_thresh)[:max_det]
-        results.append(Detections(boxes[keep], scores[keep], labels[keep]))
+        results.append(clip_and_suppress(boxes, scores, labels, image_size, nms_thresh, max_det))
     return results
+
+
+def clip_and_suppress(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, image_size: tuple[int, int],
+                      nms_thresh: float, max_det: int) -> Detections:
+    """One image's candidates (``boxes`` ``[K, 4]`` xyxy input pixels, modified in place; ``scores``,
+    ``labels`` ``[K]``) clipped to ``image_size = (H, W)``, empty boxes dropped, class-wise NMS at
+    ``nms_thresh``: at most ``max_det`` detections, highest score first."""
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, image_size[1])
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, image_size[0])
+    nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    boxes, scores, labels = boxes[nonempty], scores[nonempty], labels[nonempty]
+    keep = class_nms(boxes, scores, labels, nms_thresh)[:max_det]
+    return Detections(boxes[keep], scores[keep], labels[keep])

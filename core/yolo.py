@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import complete_box_iou_loss
 
-from core.nms import class_nms
-from core.postprocess import Detections, top_candidates
+from core.postprocess import Detections, clip_and_suppress, top_candidates
 
 # Cell shifts (dx, dy) of the centre cell and of the left, top, right, bottom neighbours.
 _SHIFTS = ((0, 0), (-1, 0), (0, -1), (1, 0), (0, 1))
@@ -201,13 +200,8 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, image_size: tup
         keep = top_scores > min_score
         score, idx = top_scores[keep], top_idx[keep]
         labels = idx % num_classes
-        box = boxes[i, idx // num_classes].clone()
-        box[:, 0::2] = box[:, 0::2].clamp(0, image_size[1])
-        box[:, 1::2] = box[:, 1::2].clamp(0, image_size[0])
-        nonempty = (box[:, 2] > box[:, 0]) & (box[:, 3] > box[:, 1])
-        box, score, labels = box[nonempty], score[nonempty], labels[nonempty]
-        kept = class_nms(box, score, labels, nms_thresh)[:max_det]
-        results.append(Detections(box[kept], score[kept], labels[kept]))
+        box = boxes[i, idx // num_classes]  # advanced indexing: a copy, so clipping in place is safe
+        results.append(clip_and_suppress(box, score, labels, image_size, nms_thresh, max_det))
     return results
 
 
