@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from utils.benchmark import main, ratio_spread
+from utils.benchmark import achieved_tflops, main, peak_bf16_tflops, ratio_spread
 
 
 def test_ratio_spread_pairs_rounds() -> None:
@@ -15,6 +15,19 @@ def test_ratio_spread_pairs_rounds() -> None:
     median, low, high = ratio_spread(slow, fast)
     assert median == 2.0 and low <= 1.0 + 1e-9 and high >= 3.0 - 1e-9
     assert ratio_spread([3.0], [1.5]) == (2.0, 2.0, 2.0)
+
+
+def test_gpu_figures() -> None:
+    """The GPU lines' arithmetic, checked here since CI has no GPU: device names as torch reports
+    them find their own peak (PCIe H100 before the generic H100), and a training step counts three
+    forwards."""
+    assert peak_bf16_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert peak_bf16_tflops("NVIDIA H100 PCIe") == 756.0
+    assert peak_bf16_tflops("NVIDIA H200") == 989.0
+    assert peak_bf16_tflops("NVIDIA L40S") == 362.0 and peak_bf16_tflops("NVIDIA L4") == 121.0
+    assert peak_bf16_tflops("Tesla T4") is None
+    assert achieved_tflops(5.0, 200.0, training=False) == pytest.approx(1.0)  # 5 GFLOP x 200 img/s
+    assert achieved_tflops(5.0, 200.0, training=True) == pytest.approx(3.0)
 
 
 def test_benchmark_compares_with_effdet(capsys: pytest.CaptureFixture[str]) -> None:

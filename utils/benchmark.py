@@ -33,7 +33,22 @@ from core.engine.runtime import autocast, select_device
 from core.task import build_task
 from symbol.builder import build_detector
 
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0}
+# Dense bf16 tensor-core peaks (vendor data sheets), matched against torch.cuda.get_device_name in
+# this order: the PCIe and NVL H100s are slower than the SXM part ("NVIDIA H100 80GB HBM3").
+PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0, "A100": 312.0,
+                    "L40S": 362.0, "L4": 121.0, "A10": 125.0}
+
+
+def peak_bf16_tflops(device_name: str) -> float | None:
+    """Dense bf16 peak TFLOP/s of the GPU named ``device_name`` (as ``torch.cuda.get_device_name``
+    gives it), or None for a device not in :data:`PEAK_BF16_TFLOPS`."""
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in device_name), None)
+
+
+def achieved_tflops(forward_gflops: float, images_per_s: float, training: bool) -> float:
+    """TFLOP/s achieved from the forward GFLOPs per image (``FlopCounterMode``'s count: two per
+    multiply-add) at ``images_per_s``; a training step counts three forwards (backward ~ 2x)."""
+    return forward_gflops * (3.0 if training else 1.0) * images_per_s / 1e3
 
 
 def random_targets(batch: int, size: int, num_classes: int, generator: torch.Generator) -> list[dict]:
@@ -205,11 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"ratio {kind} images/s detlab/effdet: {median:.2f} (median of {args.iters} rounds; "
                   f"10-90% of rounds {low:.2f}-{high:.2f}; ratio of the medians {times[f'effdet/{kind}'] / times[f'detlab/{kind}']:.2f})")
     if device.type == "cuda":
-        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device_name), None)
-        for kind, factor in (("train", 3.0), ("predict", 1.0)):  # backward ~ 2 x forward
-            if args.only and kind != args.only:
-                continue
-            tflops = gflops * factor * batch[kind] / times[f"detlab/{kind}"] / 1e3
+        peak = peak_bf16_tflops(device_name)
+        for kind in [args.only] if args.only else ["train", "predict"]:
+            tflops = achieved_tflops(gflops, batch[kind] / times[f"detlab/{kind}"], training=kind == "train")
             share = f" = {tflops / peak:.1%} of {peak:.0f} bf16 peak" if peak else ""
             print(f"detlab/{kind}: {tflops:.1f} TFLOP/s achieved{share}")
     return 0
