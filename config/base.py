@@ -94,6 +94,9 @@ class neck(Section):
     min_level = 3
     max_level = 7                # P6, P7 are made from P5 by 1x1 conv + max-pool
     padding = "same"             # "same" = TensorFlow SAME (as in google/automl); "" = symmetric
+    fusion = "fast"              # bifpn: how a node weighs its inputs: "fast" (normalized learned weights, EfficientDet),
+                                 # "softmax" (softmax of learned weights), "sum" (no weights, EfficientDet-Lite)
+    activation = "swish"         # bifpn: after each fusion; "swish", "relu6" (EfficientDet-Lite) or "relu"
     pan_channels = 512           # yolo_pan: SPPCSP / top-level width; each finer level has half (YOLOv4-L 512, -S 256)
     pan_repeats = 2              # yolo_pan: bottlenecks in each BottleneckCSP2 of the PAN (YOLOv4-L 2, -S 1)
 
@@ -103,6 +106,8 @@ class head(Section):
     repeats = 3                  # D_class = 3 + floor(phi / 3)
     separable = True             # effdet head: True = EfficientDet subnets (separable 3x3 convs, BN per level, swish);
                                  # False = RetinaNet subnets (plain 3x3 convs with bias, ReLU, no norm)
+    activation = "swish"         # effdet head, separable subnets: "swish", "relu6" (EfficientDet-Lite) or "relu";
+                                 # RetinaNet subnets always use ReLU
 
 
 class anchors(Section):

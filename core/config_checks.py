@@ -79,11 +79,15 @@ def _check_parts(cfg: Config) -> None:
     import difflib
 
     from symbol.builder import BACKBONES, HEADS, NECKS
+    from symbol.layers import ACTIVATIONS
+    from symbol.neck.bifpn import FUSIONS
 
-    for section, choices in (("backbone", BACKBONES), ("neck", NECKS), ("head", HEADS)):
-        value = getattr(cfg, section).type
+    for section, field, choices in (("backbone", "type", BACKBONES), ("neck", "type", NECKS), ("head", "type", HEADS),
+                                    ("neck", "fusion", FUSIONS), ("neck", "activation", ACTIVATIONS),
+                                    ("head", "activation", ACTIVATIONS)):
+        value = getattr(getattr(cfg, section), field)
         if value not in choices:
-            raise ConfigError(f"{cfg.source}: {section}.type = {value!r} is unknown; choose one of {', '.join(choices)}")
+            raise ConfigError(f"{cfg.source}: {section}.{field} = {value!r} is unknown; choose one of {', '.join(choices)}")
     if cfg.backbone.type == "timm":
         import timm
 

@@ -65,7 +65,7 @@ def build_detector(cfg: Any, num_classes: int) -> Detector:
     backbone = build_backbone(cfg.backbone)
     if n.type == "bifpn":
         neck: nn.Module = BiFPN(backbone.channels, backbone.levels, n.channels, n.repeats, n.min_level, n.max_level,
-                                n.padding)
+                                n.padding, n.fusion, n.activation)
         neck_channels = [n.channels] * len(neck.levels)
     elif n.type == "fpn":
         neck = FPN(backbone.channels, backbone.levels, n.channels, n.min_level, n.max_level, n.padding)
@@ -82,7 +82,7 @@ def build_detector(cfg: Any, num_classes: int) -> Detector:
                              f"neck '{n.type}' gives {neck_channels}")
         num_anchors = a.num_scales * len(a.aspect_ratios)
         head: nn.Module = EfficientDetHead(neck_channels[0], h.repeats, len(neck.levels), num_anchors, num_classes,
-                                           n.padding, separable=h.separable)
+                                           n.padding, separable=h.separable, act=h.activation)
     else:
         if len(a.yolo) != len(neck.levels):
             raise ValueError(f"anchors.yolo has {len(a.yolo)} rows for {len(neck.levels)} output levels "

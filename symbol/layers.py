@@ -6,6 +6,17 @@ from torch import nn
 from timm.layers import create_conv2d
 
 
+ACTIVATIONS: dict[str, type[nn.Module]] = {"swish": nn.SiLU, "relu6": nn.ReLU6, "relu": nn.ReLU}
+
+
+def activation(name: str) -> nn.Module:
+    """The activation ``name`` (a key of :data:`ACTIVATIONS`: ``swish`` = SiLU, EfficientDet's;
+    ``relu6``, EfficientDet-Lite's; ``relu``) as a module. Each maps 0 to 0."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation '{name}'; choose one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
 def batch_norm(channels: int) -> nn.BatchNorm2d:
     """BatchNorm with TensorFlow's EfficientDet settings (momentum 0.01 in PyTorch terms, eps 1e-3)."""
     return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)

@@ -159,16 +159,24 @@ def test_torchvision_efficientnet_converts_to_timm() -> None:
     assert not kept.renamed and [n for n, _ in kept.removed] == ["fc.weight", "fc.bias"]
 
 
-def test_effdet_d0_converts_to_effdet_b0() -> None:
-    """effdet's tf_efficientdet_d0 (random weights, randomised BN statistics and redundant conv biases)
-    converted to DetLab's effdet_b0 gives the same raw class and box outputs."""
+@pytest.mark.parametrize("effdet_name,fpn_name,config,overrides", [
+    ("tf_efficientdet_d0", None, "effdet_b0", []),  # fast normalized fusion, swish
+    ("tf_efficientdet_lite0", None, "effdet_lite0", []),  # plain-sum fusion, ReLU6
+    ("tf_efficientdet_d0", "bifpn_attn", "effdet_b0", ["neck.fusion='softmax'"]),  # softmax fusion
+])
+def test_effdet_converts_with_same_outputs(effdet_name: str, fpn_name: str | None, config: str,
+                                           overrides: list[str]) -> None:
+    """effdet's model (random weights, randomised BN statistics, fusion weights and redundant conv
+    biases; its BiFPN fusion ``fpn_name`` when given) converted to DetLab's matching config gives
+    the same raw class and box outputs."""
     effdet = pytest.importorskip("effdet")
     from core.convert.effdet_ckpt import BOX_PERMUTATION, effdet_to_detlab
 
     torch.manual_seed(0)
     size = 128
-    reference = effdet.create_model("tf_efficientdet_d0", bench_task="", pretrained=False, pretrained_backbone=False,
-                                    num_classes=5, image_size=(size, size))
+    effdet_config = effdet.get_efficientdet_config(effdet_name)
+    effdet_config.update(num_classes=5, image_size=(size, size), **({"fpn_name": fpn_name} if fpn_name else {}))
+    reference = effdet.EfficientDet(effdet_config, pretrained_backbone=False)
     with torch.no_grad():
         for name, buffer in reference.named_buffers():
             if name.endswith("running_mean"):
@@ -181,12 +189,17 @@ def test_effdet_d0_converts_to_effdet_b0() -> None:
             elif name.endswith("edge_weights"):
                 param.uniform_(0.2, 1.5)
     reference.eval()
-    model = build_detector(load_config(ROOT / "config/effdet_b0.py"), 5).eval()
+    model = build_detector(load_config(ROOT / f"config/{config}.py", overrides), 5).eval()
     conversion = effdet_to_detlab(reference.state_dict(), model)
     report = load_into(model, conversion.tensors)
     assert not (report.mismatched or report.missing or report.unexpected), report.summary()
     folded = [n for n, why in conversion.removed if why.startswith("folded")]
-    assert len(folded) == 36 and all(n.endswith("bias") for n in folded)
+    assert len(folded) == 36 and all(n.endswith("bias") for n in folded)  # effdet's redundant conv biases
+
+    other_fusion = "fast" if config == "effdet_lite0" else "sum"  # the wrong fusion is refused, naming the fix
+    with pytest.raises(ConversionError, match="neck.fusion = '(sum|fast)'"):
+        effdet_to_detlab(reference.state_dict(),
+                         build_detector(load_config(ROOT / f"config/{config}.py", [f"neck.fusion='{other_fusion}'"]), 5))
 
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
@@ -195,8 +208,9 @@ def test_effdet_d0_converts_to_effdet_b0() -> None:
     perm = [a * 4 + BOX_PERMUTATION[k] for a in range(9) for k in range(4)]
     cls_diff = max((a - b).abs().max().item() for a, b in zip(ref_cls, cls))
     box_diff = max((a[:, perm] - b).abs().max().item() for a, b in zip(ref_box, box))
-    print(f"\neffdet tf_efficientdet_d0 -> effdet_b0: max |diff| class {cls_diff:.2e}, box {box_diff:.2e}")
-    assert cls_diff < 1e-4 and box_diff < 1e-4
+    scale = max(t.abs().max().item() for t in [*ref_cls, *ref_box])
+    print(f"\neffdet {effdet_name} -> {config}: max |diff| class {cls_diff:.2e}, box {box_diff:.2e} (outputs up to {scale:.1f})")
+    assert cls_diff < 1e-4 * max(1.0, scale) and box_diff < 1e-4 * max(1.0, scale)
 
 
 def _detlab_checkpoint(path: Path, config: str, class_names: list[str]) -> nn.Module:

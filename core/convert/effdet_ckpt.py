@@ -164,6 +164,7 @@ def effdet_to_detlab(state: dict[str, torch.Tensor], model: nn.Module) -> Conver
     """
     state = _strip_bench_prefix(state)
     mapper = _EffdetMapper(model)
+    _check_fusion(state, model)
     out: dict[str, torch.Tensor] = {}
     renamed: list[tuple[str, str]] = []
     for name, tensor in state.items():
@@ -194,3 +195,21 @@ def effdet_to_detlab(state: dict[str, torch.Tensor], model: nn.Module) -> Conver
         notes.append("permuted box predictor channels per anchor from effdet (dy, dx, dh, dw) "
                      "to DetLab (dx, dy, dw, dh)")
     return Conversion(out, renamed, removed, notes)
+
+
+def _check_fusion(state: dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Refuse weights whose BiFPN fusion (learned input weights or a plain sum) differs from the
+    DetLab model's ``neck.fusion``: the tensors would load but the outputs would differ."""
+    if not any(k.startswith("fpn.cell.") for k in state):
+        return  # no BiFPN in the checkpoint (a backbone alone)
+    effdet_weighs = any(_EDGE.match(k) for k in state)
+    detlab_weighs = any(k.startswith("neck.") and k.endswith(".edge_weights") for k in model.state_dict())
+    if effdet_weighs and not detlab_weighs:
+        raise ConversionError("the effdet weights fuse BiFPN inputs with learned weights (effdet's bifpn_fa or "
+                              "bifpn_attn) but the config's neck.fusion is 'sum'; set neck.fusion = 'fast' "
+                              "('softmax' for bifpn_attn)")
+    if detlab_weighs and not effdet_weighs:
+        raise ConversionError("the effdet weights fuse BiFPN inputs by a plain sum (effdet's bifpn_sum, the "
+                              "EfficientDet-Lite models) but the config's neck.fusion weighs them; set "
+                              "neck.fusion = 'sum' and neck.activation = head.activation = 'relu6' "
+                              "(as config/effdet_lite*.py)")

@@ -11,14 +11,15 @@ from timm.layers import create_conv2d
 
 from symbol.head.level_canvas import LevelCanvas
 from symbol.fold_bn import batchnorm_affine, fold_into_conv
-from symbol.layers import SeparableConv, batch_norm
+from symbol.layers import SeparableConv, activation, batch_norm
 from symbol.swap import swap_modules
 
 
 class SubNet(nn.Module):
-    """``repeats`` separable convs shared over levels, each with its own BatchNorm per level, swish,
-    then a prediction conv with ``num_anchors * num_outputs`` channels. ``separable=False`` gives
-    RetinaNet's subnet instead: plain 3x3 convs with bias, ReLU, no normalisation, a plain 3x3
+    """``repeats`` separable convs shared over levels, each with its own BatchNorm per level and the
+    activation ``act`` (swish; EfficientDet-Lite: relu6), then a prediction conv with
+    ``num_anchors * num_outputs`` channels. ``separable=False`` gives RetinaNet's subnet instead:
+    plain 3x3 convs with bias, ReLU whatever ``act`` says, no normalisation, a plain 3x3
     prediction conv (weights N(0, 0.01), biases 0 but the prior).
 
     ``forward(list of [B, C, H_l, W_l]) -> list of [B, num_anchors * num_outputs, H_l, W_l]``;
@@ -26,9 +27,10 @@ class SubNet(nn.Module):
     """
 
     def __init__(self, channels: int, repeats: int, num_levels: int, num_anchors: int, num_outputs: int,
-                 padding: str, prior_bias: float = 0.0, separable: bool = True):
+                 padding: str, prior_bias: float = 0.0, separable: bool = True, act: str = "swish"):
         super().__init__()
         self.separable = separable
+        self.act = activation(act)
         self.num_outputs = num_outputs
         if not separable:
             self.convs = nn.ModuleList(create_conv2d(channels, channels, 3, padding=padding, bias=True)
@@ -55,7 +57,7 @@ class SubNet(nn.Module):
         for level, x in enumerate(features):
             if self.separable:
                 for conv, norms in zip(self.convs, self.norms):
-                    x = nn.functional.silu(norms[level](conv(x)))
+                    x = self.act(norms[level](conv(x)))
             else:
                 for conv in self.convs:
                     x = nn.functional.relu(conv(x))
@@ -69,10 +71,10 @@ class LevelSubNet(nn.Module):
 
     Each level gets its own copy of the repeated separable convs with that level's BatchNorm
     folded into the pointwise conv (a shared conv feeding five per-level norms cannot be folded),
-    then swish. Levels of at most ``max_packed_pixels`` pixels (the coarse end of the pyramid,
+    then the subnet's activation. Levels of at most ``max_packed_pixels`` pixels (the coarse end of the pyramid,
     16x16 and smaller by default), when there are two or more, run together instead: on one
     :class:`~symbol.head.level_canvas.LevelCanvas` through the shared convs, each level's
-    BatchNorm a per-pixel scale and shift that is zero in the gaps (so swish keeps the gaps zero),
+    BatchNorm a per-pixel scale and shift that is zero in the gaps (so the activation keeps the gaps zero),
     so that each conv is called once for all of them; on such small maps a call costs far more
     than its arithmetic. Which levels pack is decided per input size, in ``forward``.
 
@@ -86,12 +88,13 @@ class LevelSubNet(nn.Module):
         self.max_packed_pixels = max_packed_pixels
         self.levels = nn.ModuleList(
             nn.Sequential(*(m for conv, norms in zip(subnet.convs, subnet.norms)
-                            for m in (_folded_copy(conv, norms[level]), nn.SiLU())))
+                            for m in (_folded_copy(conv, norms[level]), copy.deepcopy(subnet.act))))
             for level in range(len(subnet.norms[0])))
         self.shared_convs = copy.deepcopy(subnet.convs)
         self.register_buffer("level_affine", torch.stack([  # [repeat, level, (scale, shift), C]
             torch.stack([torch.stack(batchnorm_affine(bn)) for bn in norms]) for norms in subnet.norms]))
         self.predict = copy.deepcopy(subnet.predict)
+        self.act = copy.deepcopy(subnet.act)
         self.gap = max(conv.conv_dw.kernel_size[0] for conv in [*subnet.convs, subnet.predict]) // 2
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -107,7 +110,7 @@ class LevelSubNet(nn.Module):
         for conv, affine in zip(self.shared_convs, self.level_affine[:, first_packed:]):
             scale, shift = (canvas.place([a[i].view(1, -1, 1, 1).expand(1, -1, *f.shape[-2:])
                                           for a, f in zip(affine, coarse)]) for i in (0, 1))
-            x = nn.functional.silu(conv(x) * scale + shift)
+            x = self.act(conv(x) * scale + shift)
         return outputs + canvas.split(self.predict(x))
 
 
@@ -128,16 +131,16 @@ class EfficientDetHead(nn.Module):
     """Class and box subnets. ``forward(features) -> (class_logits, box_deltas)``, each a list over
     levels of ``[B, A*num_classes, H_l, W_l]`` and ``[B, A*4, H_l, W_l]``; box channels per anchor
     are ``(dx, dy, dw, dh)`` in the coding of ``core.box_coder``. ``separable=False``: RetinaNet's
-    subnets (see :class:`SubNet`)."""
+    subnets (see :class:`SubNet`); ``act``: the subnets' activation (``symbol.layers.ACTIVATIONS``)."""
 
     def __init__(self, channels: int, repeats: int, num_levels: int, num_anchors: int, num_classes: int,
-                 padding: str = "same", prior_prob: float = 0.01, separable: bool = True):
+                 padding: str = "same", prior_prob: float = 0.01, separable: bool = True, act: str = "swish"):
         super().__init__()
         self.num_classes = num_classes
         self.num_anchors = num_anchors
         self.class_net = SubNet(channels, repeats, num_levels, num_anchors, num_classes, padding,
-                                prior_bias=-math.log((1 - prior_prob) / prior_prob), separable=separable)
-        self.box_net = SubNet(channels, repeats, num_levels, num_anchors, 4, padding, separable=separable)
+                                prior_bias=-math.log((1 - prior_prob) / prior_prob), separable=separable, act=act)
+        self.box_net = SubNet(channels, repeats, num_levels, num_anchors, 4, padding, separable=separable, act=act)
 
     def forward(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         return self.class_net(features), self.box_net(features)

@@ -2,9 +2,11 @@
 
 Levels ``min_level..max_level`` (P3-P7 by default). Backbone levels above the backbone's
 coarsest output (P6, P7) are made from it: 1x1 conv + BN to ``channels`` if needed, then a
-3x3 stride-2 max-pool per level. Every fusion node combines its inputs with *fast normalized
-fusion* ``sum_i relu(w_i) * x_i / (sum_i relu(w_i) + eps)``, then applies swish and a separable
-3x3 conv + BN. Node wiring follows google/automl's ``bifpn`` config.
+3x3 stride-2 max-pool per level. Every fusion node combines its inputs by one of
+:data:`FUSIONS` (``fast``: *fast normalized fusion* ``sum_i relu(w_i) * x_i / (sum_i relu(w_i) + eps)``
+with learned ``w_i``, EfficientDet's; ``softmax``: ``sum_i softmax(w)_i * x_i``; ``sum``: a plain
+sum with no weights, EfficientDet-Lite's), then applies the activation (swish; Lite: ReLU6) and
+a separable 3x3 conv + BN. Node wiring follows google/automl's ``bifpn`` config.
 """
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import create_pool2d
 
-from symbol.layers import ConvBn, SeparableConv
+from symbol.layers import ConvBn, SeparableConv, activation
+
+FUSIONS = ("fast", "softmax", "sum")
 
 
 class Resample(nn.Module):
@@ -36,22 +40,37 @@ class Resample(nn.Module):
 
 
 class FusionNode(nn.Module):
-    """One BiFPN node: resample each input to the node's level, fuse with learned weights,
-    swish, separable conv + BN. Inputs are indices into the growing list of feature maps."""
+    """One BiFPN node: resample each input to the node's level, fuse them (``fusion``, one of
+    :data:`FUSIONS`; ``fast`` and ``softmax`` learn one weight per input, ``sum`` none), apply
+    the activation ``act``, then a separable conv + BN. Inputs are indices into the growing list
+    of feature maps."""
 
-    def __init__(self, inputs: list[int], in_channels: list[int], channels: int, padding: str, eps: float = 1e-4):
+    def __init__(self, inputs: list[int], in_channels: list[int], channels: int, padding: str,
+                 fusion: str = "fast", act: str = "swish", eps: float = 1e-4):
         super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown BiFPN fusion '{fusion}'; choose one of {', '.join(FUSIONS)}")
         self.inputs = inputs
+        self.fusion = fusion
         self.resample = nn.ModuleList(Resample(c, channels, padding) for c in in_channels)
-        self.edge_weights = nn.Parameter(torch.ones(len(inputs)))
+        self.edge_weights = nn.Parameter(torch.ones(len(inputs))) if fusion != "sum" else None
+        self.act = activation(act)
         self.conv = SeparableConv(channels, channels, 3, padding=padding)
         self.eps = eps
 
     def forward(self, features: list[torch.Tensor], size: torch.Size) -> torch.Tensor:
-        weights = F.relu(self.edge_weights.to(features[0].dtype))
-        weights = weights / (weights.sum() + self.eps)
-        fused = sum(w * r(features[i], size) for w, r, i in zip(weights, self.resample, self.inputs))
-        return self.conv(F.silu(fused))
+        resampled = [r(features[i], size) for r, i in zip(self.resample, self.inputs)]
+        if self.edge_weights is None:
+            fused = sum(resampled)
+        else:
+            weights = self.edge_weights.to(features[0].dtype)
+            if self.fusion == "softmax":
+                weights = weights.softmax(0)
+            else:
+                weights = F.relu(weights)
+                weights = weights / (weights.sum() + self.eps)
+            fused = sum(w * x for w, x in zip(weights, resampled))
+        return self.conv(self.act(fused))
 
 
 def bifpn_wiring(num_levels: int) -> list[tuple[int, list[int]]]:
@@ -81,14 +100,14 @@ class BiFPNLayer(nn.Module):
     """One BiFPN layer: ``list`` of ``num_levels`` maps (finest first) -> same-shaped list of
     ``channels``-channel maps."""
 
-    def __init__(self, in_channels: list[int], channels: int, padding: str):
+    def __init__(self, in_channels: list[int], channels: int, padding: str, fusion: str = "fast", act: str = "swish"):
         super().__init__()
         self.num_levels = len(in_channels)
         self.wiring = bifpn_wiring(self.num_levels)
         node_channels = list(in_channels)
         self.nodes = nn.ModuleList()
         for _, inputs in self.wiring:
-            self.nodes.append(FusionNode(inputs, [node_channels[i] for i in inputs], channels, padding))
+            self.nodes.append(FusionNode(inputs, [node_channels[i] for i in inputs], channels, padding, fusion, act))
             node_channels.append(channels)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -101,10 +120,12 @@ class BiFPNLayer(nn.Module):
 
 class BiFPN(nn.Module):
     """Backbone features (levels ``in_levels``) -> ``channels``-channel maps on levels
-    ``min_level..max_level``, finest first. ``[B, C_l, H/2**l, W/2**l]`` per level."""
+    ``min_level..max_level``, finest first. ``[B, C_l, H/2**l, W/2**l]`` per level. ``fusion``
+    and ``act``: every node's fusion (:data:`FUSIONS`) and activation (``symbol.layers.ACTIVATIONS``)."""
 
     def __init__(self, in_channels: list[int], in_levels: list[int], channels: int, repeats: int,
-                 min_level: int = 3, max_level: int = 7, padding: str = "same"):
+                 min_level: int = 3, max_level: int = 7, padding: str = "same", fusion: str = "fast",
+                 act: str = "swish"):
         super().__init__()
         if in_levels[0] != min_level or in_levels != list(range(min_level, in_levels[-1] + 1)):
             raise ValueError(f"BiFPN needs consecutive backbone levels starting at min_level={min_level}, got {in_levels}")
@@ -117,7 +138,7 @@ class BiFPN(nn.Module):
             level_channels.append(channels)
         self.cells = nn.ModuleList()
         for _ in range(repeats):
-            self.cells.append(BiFPNLayer(level_channels, channels, padding))
+            self.cells.append(BiFPNLayer(level_channels, channels, padding, fusion, act))
             level_channels = [channels] * len(level_channels)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
