@@ -77,6 +77,13 @@ def test_efficientnet_b0_stage_rows() -> None:
     assert re.search(r"^\s+0\s+-1\s+1\s+928\s+backbone\.stem\s+\[3, 32, 2\]$", text, re.M)
 
 
+def test_summary_strides_at_sizes_not_divisible_by_128() -> None:
+    """At 320 px P7 is 3 pixels wide (ceil of 2.5): its stride still reads 128."""
+    rows, _ = summarize(build_detector(load_config(CONFIG_DIR / "effdet_lite0.py"), 90), 320)
+    head = next(r for r in rows if r.name == "head.class_net")
+    assert head.arguments[2] == [8, 16, 32, 64, 128]
+
+
 def test_summary_other_row_and_gradients() -> None:
     class Tiny(nn.Module):
         def __init__(self) -> None:

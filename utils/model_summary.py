@@ -13,6 +13,7 @@ GFLOPs are ``2 x multiply-adds`` for one image at the input size
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +81,10 @@ def _channels(tensors: list[torch.Tensor]) -> Any:
 
 
 def _strides(tensors: list[torch.Tensor], image_size: int) -> Any:
-    return _collapse([round(image_size / t.shape[-1]) for t in tensors if t.dim() >= 3 and t.shape[-1] > 0])
+    """Each map's stride: the power of two nearest ``image_size / width`` (at 320 px, P7's 3 pixels
+    wide map, a ceil of 2.5, is stride 128, not 107)."""
+    return _collapse([2 ** round(math.log2(image_size / t.shape[-1]))
+                      for t in tensors if t.dim() >= 3 and t.shape[-1] > 0])
 
 
 class _StageProbe:
