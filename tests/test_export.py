@@ -36,3 +36,47 @@ def test_onnx_matches_pytorch(config: str, tmp_path: Path) -> None:
     for name, a, b in zip(names, got, expected):
         assert a.shape == tuple(b.shape), name
         assert np.abs(a - b.numpy()).max() < 1e-4, name
+
+
+def test_onnx_with_postprocess_matches_detlab_detections(tmp_path: Path) -> None:
+    """``--postprocess``: onnxruntime's boxes, scores and labels equal DetLab's own detections
+    (``DetectionTask.detect``: the CPU top-k search and class-wise NMS) on the same image."""
+    from core.task import build_task
+
+    cfg = load_config(ROOT / "config/effdet_b0.py", ["dataset.image_size=128", "test.min_det_score=0.05"])
+    torch.manual_seed(0)
+    model = build_detector(cfg, 3).eval()
+    with torch.no_grad():  # spread-out outputs (a fresh network's are nearly constant): many candidates, many overlaps
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+        model.head.class_net.predict.conv_pw.bias.normal_(-2.0, 1.0)
+        model.head.class_net.predict.conv_pw.weight.mul_(10.0)
+    task = build_task(cfg, model)
+    names = export_onnx(model, "effdet", 128, tmp_path / "det.onnx", postprocess=task)
+    assert names == ["boxes", "scores", "labels"]
+    session = ort.InferenceSession(str(tmp_path / "det.onnx"), providers=["CPUExecutionProvider"])
+    for seed in range(3):
+        images = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            expected = task.detect(model(images), images)[0]
+        boxes, scores, labels = session.run(names, {"images": images.numpy()})
+        assert 20 <= len(scores) <= cfg.test.max_det_per_image, len(scores)
+        assert len(scores) == len(expected.scores)
+        assert np.abs(scores - expected.scores.numpy()).max() < 1e-5  # same scores, highest first
+        # the same detections; two of (nearly) equal score may come in either order
+        unmatched = list(zip(expected.boxes.numpy(), expected.scores.numpy(), expected.labels.numpy()))
+        for box, score, label in zip(boxes, scores, labels):
+            match = next(i for i, (b, s, lab) in enumerate(unmatched)
+                         if lab == label and abs(s - score) < 1e-5 and np.abs(b - box).max() < 1e-3)
+            unmatched.pop(match)
+
+
+def test_postprocess_export_refuses_yolo_and_batches(tmp_path: Path) -> None:
+    cfg = load_config(ROOT / "config/yolov4_s.py", ["dataset.image_size=128"])
+    from core.task import build_task
+
+    model = build_detector(cfg, 3)
+    with pytest.raises(ValueError, match="EfficientDet/RetinaNet heads at batch 1"):
+        export_onnx(model, "yolo", 128, tmp_path / "y.onnx", postprocess=build_task(cfg, model))

@@ -3,10 +3,17 @@
     python -m utils.export --config config/effdet_b0.py --weights runs/effdet_b0/epoch_0300.pt \\
         --format onnx [--out model.onnx] [--batch 1]
 
-The ONNX graph is the network alone: input ``images`` float32 ``[B, 3, S, S]`` (normalised as the
-config says), outputs ``class_logits_P3..`` and ``box_deltas_P3..`` for EfficientDet/RetinaNet
-heads (``[B, A*C, H_l, W_l]`` and ``[B, A*4, H_l, W_l]``) or ``yolo_P3..`` for YOLO heads.
-Anchors, decoding and NMS stay in DetLab (``core.task``), where they run on any device.
+The ONNX graph is the network alone by default: input ``images`` float32 ``[B, 3, S, S]``
+(normalised as the config says), outputs ``class_logits_P3..`` and ``box_deltas_P3..`` for
+EfficientDet/RetinaNet heads (``[B, A*C, H_l, W_l]`` and ``[B, A*4, H_l, W_l]``) or ``yolo_P3..``
+for YOLO heads; anchors, decoding and NMS then stay in DetLab (``core.task``).
+
+``--postprocess`` (EfficientDet/RetinaNet heads, batch 1) appends the post-processing to the
+graph: outputs ``boxes`` ``[K, 4]`` xyxy in input pixels, ``scores`` ``[K]`` and ``labels``
+``[K]`` (int64 class indices), at most ``test.max_det_per_image`` detections, highest score
+first, with the config's ``test`` settings. It is the plain form of ``core.postprocess``: one
+``TopK`` over all logits and ONNX's ``NonMaxSuppression`` per class, where DetLab's own runs a
+faster CPU search; both keep the same detections (checked in ``tests/test_export.py``).
 """
 from __future__ import annotations
 
@@ -18,9 +25,14 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from torchvision.ops import nms
+
+from core import box_coder
+from core.anchors import flatten_levels
 from core.cli import run_main
 from core.config import load_config
 from core.engine.tester import load_trained
+from core.task import DetectionTask
 
 
 class _FlatOutputs(nn.Module):
@@ -37,6 +49,38 @@ class _FlatOutputs(nn.Module):
         return tuple(out)
 
 
+class _WithPostprocess(nn.Module):
+    """The detector followed by its post-processing, for one ``[1, 3, S, S]`` image:
+    ``forward(images) -> (boxes [K, 4] xyxy input pixels, scores [K], labels [K] int64)``."""
+
+    def __init__(self, model: nn.Module, task: DetectionTask, image_size: int):
+        super().__init__()
+        self.model = model
+        self.register_buffer("anchors", task.anchors((image_size, image_size), torch.device("cpu")))
+        self.num_classes = task.num_classes
+        self.image_size = image_size
+        t = task.test_cfg
+        self.top_n = min(t.top_n, self.anchors.shape[0] * self.num_classes)
+        self.min_score, self.nms_thresh, self.max_det = t.min_det_score, t.nms_thresh, t.max_det_per_image
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        class_logits, box_deltas = self.model(images)
+        logits = flatten_levels(class_logits, self.num_classes).reshape(-1)  # (anchor, class), anchor-major
+        deltas = flatten_levels(box_deltas, 4)[0]
+        top, index = logits.topk(self.top_n)
+        scores = top.sigmoid()
+        keep = scores > self.min_score
+        scores, index = scores[keep], index[keep]
+        anchor_index = torch.div(index, self.num_classes, rounding_mode="floor")
+        labels = index - anchor_index * self.num_classes
+        boxes = box_coder.decode(deltas[anchor_index], self.anchors[anchor_index]).clamp(0, self.image_size)
+        nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes, scores, labels = boxes[nonempty], scores[nonempty], labels[nonempty]
+        apart = boxes + (labels.to(boxes.dtype) * (self.image_size + 1))[:, None]  # classes never overlap
+        keep = nms(apart, scores, self.nms_thresh)[:self.max_det]
+        return boxes[keep], scores[keep], labels[keep]
+
+
 def output_names(model: nn.Module, head_type: str) -> list[str]:
     """ONNX output names, one per level and output kind."""
     levels = [f"P{level}" for level in model.levels]
@@ -45,14 +89,22 @@ def output_names(model: nn.Module, head_type: str) -> list[str]:
     return [f"class_logits_{p}" for p in levels] + [f"box_deltas_{p}" for p in levels]
 
 
-def export_onnx(model: nn.Module, head_type: str, image_size: int, path: Path, batch: int = 1) -> list[str]:
+def export_onnx(model: nn.Module, head_type: str, image_size: int, path: Path, batch: int = 1,
+                postprocess: DetectionTask | None = None) -> list[str]:
     """Write ``model`` (eval mode) to ``path`` as ONNX for ``[batch, 3, image_size, image_size]``
-    inputs; returns the output names."""
+    inputs; returns the output names. With ``postprocess`` (the model's task; EfficientDet/RetinaNet
+    heads, ``batch`` 1) the graph ends in its detections: ``boxes``, ``scores``, ``labels``."""
     model = model.eval()
-    names = output_names(model, head_type)
+    if postprocess is None:
+        names, graph = output_names(model, head_type), _FlatOutputs(model)
+    elif head_type != "effdet" or batch != 1:
+        raise ValueError(f"--postprocess exports EfficientDet/RetinaNet heads at batch 1; got head.type "
+                         f"'{head_type}', batch {batch}")
+    else:
+        names, graph = ["boxes", "scores", "labels"], _WithPostprocess(model, postprocess, image_size)
     example = torch.randn(batch, 3, image_size, image_size)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(_FlatOutputs(model).eval(), (example,), str(path), input_names=["images"], output_names=names,
+    torch.onnx.export(graph.eval(), (example,), str(path), input_names=["images"], output_names=names,
                       opset_version=18, dynamo=True, external_data=False)
     return names
 
@@ -64,12 +116,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--format", choices=["onnx"], default="onnx")
     parser.add_argument("--out", type=Path, help="output file (default: next to the weights, .onnx)")
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--postprocess", action="store_true",
+                        help="end the graph in detections (boxes, scores, labels); EfficientDet/RetinaNet, batch 1")
     parser.add_argument("--set", action="append", default=[], metavar="Section.field=value")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.set)
     trained = load_trained(cfg, Path(args.weights), torch.device("cpu"))
     out = args.out or Path(args.weights).with_suffix(".onnx")
-    names = export_onnx(trained.model, cfg.head.type, cfg.dataset.image_size, out, args.batch)
+    names = export_onnx(trained.model, cfg.head.type, cfg.dataset.image_size, out, args.batch,
+                        trained.task if args.postprocess else None)
     print(f"wrote {out}: input images [{args.batch}, 3, {cfg.dataset.image_size}, {cfg.dataset.image_size}], "
           f"outputs {', '.join(names)}")
     return 0
