@@ -38,23 +38,30 @@ def test_onnx_matches_pytorch(config: str, tmp_path: Path) -> None:
         assert np.abs(a - b.numpy()).max() < 1e-4, name
 
 
-def test_onnx_with_postprocess_matches_detlab_detections(tmp_path: Path) -> None:
+@pytest.mark.parametrize("config,bn_var", [("effdet_b0", (0.5, 2.0)), ("yolov4_s", (0.2, 0.5))])
+def test_onnx_with_postprocess_matches_detlab_detections(config: str, bn_var: tuple[float, float],
+                                                         tmp_path: Path) -> None:
     """``--postprocess``: onnxruntime's boxes, scores and labels equal DetLab's own detections
-    (``DetectionTask.detect``: the CPU top-k search and class-wise NMS) on the same image."""
+    (``task.detect``: the CPU top-k search and class-wise NMS) on the same image."""
     from core.task import build_task
 
-    cfg = load_config(ROOT / "config/effdet_b0.py", ["dataset.image_size=128", "test.min_det_score=0.05"])
+    cfg = load_config(ROOT / "config" / f"{config}.py", ["dataset.image_size=128", "test.min_det_score=0.05"])
     torch.manual_seed(0)
     model = build_detector(cfg, 3).eval()
-    with torch.no_grad():  # spread-out outputs (a fresh network's are nearly constant): many candidates, many overlaps
+    # outputs that depend on the image and spread out (a fresh network's are nearly constant and tie):
+    # many candidates, many overlaps; BatchNorm variances that neither fade nor blow up the signal
+    with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-        model.head.class_net.predict.conv_pw.bias.normal_(-2.0, 1.0)
-        model.head.class_net.predict.conv_pw.weight.mul_(10.0)
+                m.running_var.uniform_(*bn_var)
+        predictors = [model.head.class_net.predict.conv_pw] if cfg.head.type == "effdet" else \
+            [m for name, m in model.head.named_modules() if name.endswith("predict")]
+        for conv in predictors:
+            conv.bias.normal_(-2.0, 1.0)
+            conv.weight.mul_(10.0)
     task = build_task(cfg, model)
-    names = export_onnx(model, "effdet", 128, tmp_path / "det.onnx", postprocess=task)
+    names = export_onnx(model, cfg.head.type, 128, tmp_path / "det.onnx", postprocess=task)
     assert names == ["boxes", "scores", "labels"]
     session = ort.InferenceSession(str(tmp_path / "det.onnx"), providers=["CPUExecutionProvider"])
     for seed in range(3):
@@ -73,10 +80,10 @@ def test_onnx_with_postprocess_matches_detlab_detections(tmp_path: Path) -> None
             unmatched.pop(match)
 
 
-def test_postprocess_export_refuses_yolo_and_batches(tmp_path: Path) -> None:
-    cfg = load_config(ROOT / "config/yolov4_s.py", ["dataset.image_size=128"])
+def test_postprocess_export_is_one_image_at_a_time(tmp_path: Path) -> None:
     from core.task import build_task
 
+    cfg = load_config(ROOT / "config/effdet_b0.py", ["dataset.image_size=128"])
     model = build_detector(cfg, 3)
-    with pytest.raises(ValueError, match="EfficientDet/RetinaNet heads at batch 1"):
-        export_onnx(model, "yolo", 128, tmp_path / "y.onnx", postprocess=build_task(cfg, model))
+    with pytest.raises(ValueError, match="one image at a time; got --batch 2"):
+        export_onnx(model, "effdet", 128, tmp_path / "e.onnx", batch=2, postprocess=build_task(cfg, model))

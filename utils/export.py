@@ -8,16 +8,18 @@ The ONNX graph is the network alone by default: input ``images`` float32 ``[B, 3
 EfficientDet/RetinaNet heads (``[B, A*C, H_l, W_l]`` and ``[B, A*4, H_l, W_l]``) or ``yolo_P3..``
 for YOLO heads; anchors, decoding and NMS then stay in DetLab (``core.task``).
 
-``--postprocess`` (EfficientDet/RetinaNet heads, batch 1) appends the post-processing to the
+``--postprocess`` (batch 1) appends the post-processing to the
 graph: outputs ``boxes`` ``[K, 4]`` xyxy in input pixels, ``scores`` ``[K]`` and ``labels``
 ``[K]`` (int64 class indices), at most ``test.max_det_per_image`` detections, highest score
-first, with the config's ``test`` settings. It is the plain form of ``core.postprocess``: one
-``TopK`` over all logits and ONNX's ``NonMaxSuppression`` per class, where DetLab's own runs a
-faster CPU search; both keep the same detections (checked in ``tests/test_export.py``).
+first, with the config's ``test`` settings. It is the plain form of ``core.postprocess`` and
+``core.yolo.select_detections``: one ``TopK`` over all scores and ONNX's ``NonMaxSuppression``
+per class, where DetLab's own runs a faster CPU search; both keep the same detections (checked
+in ``tests/test_export.py``).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -33,6 +35,8 @@ from core.cli import run_main
 from core.config import load_config
 from core.engine.tester import load_trained
 from core.task import DetectionTask
+from core.yolo import YoloTask, split_layers
+from core.yolo import decode as yolo_decode
 
 
 class _FlatOutputs(nn.Module):
@@ -51,29 +55,44 @@ class _FlatOutputs(nn.Module):
 
 class _WithPostprocess(nn.Module):
     """The detector followed by its post-processing, for one ``[1, 3, S, S]`` image:
-    ``forward(images) -> (boxes [K, 4] xyxy input pixels, scores [K], labels [K] int64)``."""
+    ``forward(images) -> (boxes [K, 4] xyxy input pixels, scores [K], labels [K] int64)``.
+    ``task``: the model's ``DetectionTask`` (anchor heads) or ``YoloTask``."""
 
-    def __init__(self, model: nn.Module, task: DetectionTask, image_size: int):
+    def __init__(self, model: nn.Module, task: DetectionTask | YoloTask, image_size: int):
         super().__init__()
         self.model = model
-        self.register_buffer("anchors", task.anchors((image_size, image_size), torch.device("cpu")))
+        self.task = task
+        self.yolo = isinstance(task, YoloTask)
+        if self.yolo:
+            positions = sum(a * math.ceil(image_size / s) ** 2 for a, s in zip(task.num_anchors, task.strides))
+        else:
+            self.register_buffer("anchors", task.anchors((image_size, image_size), torch.device("cpu")))
+            positions = self.anchors.shape[0]
         self.num_classes = task.num_classes
         self.image_size = image_size
         t = task.test_cfg
-        self.top_n = min(t.top_n, self.anchors.shape[0] * self.num_classes)
+        self.top_n = min(t.top_n, positions * self.num_classes)
         self.min_score, self.nms_thresh, self.max_det = t.min_det_score, t.nms_thresh, t.max_det_per_image
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        class_logits, box_deltas = self.model(images)
-        logits = flatten_levels(class_logits, self.num_classes).reshape(-1)  # (anchor, class), anchor-major
-        deltas = flatten_levels(box_deltas, 4)[0]
-        top, index = logits.topk(self.top_n)
-        scores = top.sigmoid()
+        outputs = self.model(images)
+        if self.yolo:  # scores sigmoid(obj) * sigmoid(class) per (box, class), box-major
+            layers = split_layers(list(outputs), self.task.num_anchors, self.num_classes)
+            all_boxes, all_scores = yolo_decode(layers, self.task.anchors, self.task.strides)
+            scores, index = all_scores.reshape(-1).topk(self.top_n)
+        else:  # the top logits (sigmoid saturates: ranking the logits keeps ties apart), (anchor, class) anchor-major
+            class_logits, box_deltas = outputs
+            logits, index = flatten_levels(class_logits, self.num_classes).reshape(-1).topk(self.top_n)
+            scores = logits.sigmoid()
         keep = scores > self.min_score
         scores, index = scores[keep], index[keep]
-        anchor_index = torch.div(index, self.num_classes, rounding_mode="floor")
-        labels = index - anchor_index * self.num_classes
-        boxes = box_coder.decode(deltas[anchor_index], self.anchors[anchor_index]).clamp(0, self.image_size)
+        position = torch.div(index, self.num_classes, rounding_mode="floor")
+        labels = index - position * self.num_classes
+        if self.yolo:
+            boxes = all_boxes[0, position]
+        else:
+            boxes = box_coder.decode(flatten_levels(box_deltas, 4)[0, position], self.anchors[position])
+        boxes = boxes.clamp(0, self.image_size)
         nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         boxes, scores, labels = boxes[nonempty], scores[nonempty], labels[nonempty]
         apart = boxes + (labels.to(boxes.dtype) * (self.image_size + 1))[:, None]  # classes never overlap
@@ -90,16 +109,15 @@ def output_names(model: nn.Module, head_type: str) -> list[str]:
 
 
 def export_onnx(model: nn.Module, head_type: str, image_size: int, path: Path, batch: int = 1,
-                postprocess: DetectionTask | None = None) -> list[str]:
+                postprocess: DetectionTask | YoloTask | None = None) -> list[str]:
     """Write ``model`` (eval mode) to ``path`` as ONNX for ``[batch, 3, image_size, image_size]``
-    inputs; returns the output names. With ``postprocess`` (the model's task; EfficientDet/RetinaNet
-    heads, ``batch`` 1) the graph ends in its detections: ``boxes``, ``scores``, ``labels``."""
+    inputs; returns the output names. With ``postprocess`` (the model's task, ``batch`` 1) the
+    graph ends in its detections: ``boxes``, ``scores``, ``labels``."""
     model = model.eval()
     if postprocess is None:
         names, graph = output_names(model, head_type), _FlatOutputs(model)
-    elif head_type != "effdet" or batch != 1:
-        raise ValueError(f"--postprocess exports EfficientDet/RetinaNet heads at batch 1; got head.type "
-                         f"'{head_type}', batch {batch}")
+    elif batch != 1:
+        raise ValueError(f"--postprocess exports one image at a time; got --batch {batch}")
     else:
         names, graph = ["boxes", "scores", "labels"], _WithPostprocess(model, postprocess, image_size)
     example = torch.randn(batch, 3, image_size, image_size)
@@ -117,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output file (default: next to the weights, .onnx)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--postprocess", action="store_true",
-                        help="end the graph in detections (boxes, scores, labels); EfficientDet/RetinaNet, batch 1")
+                        help="end the graph in detections (boxes, scores, labels); batch 1")
     parser.add_argument("--set", action="append", default=[], metavar="Section.field=value")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.set)
