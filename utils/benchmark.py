@@ -109,7 +109,7 @@ def detlab_fns(cfg, num_classes: int, device: torch.device, train_batch: int, pr
     gen = torch.Generator().manual_seed(0)
     train_x = torch.randn(train_batch, 3, size, size, generator=gen).to(device, memory_format=torch.channels_last)
     predict_x = torch.randn(predict_batch, 3, size, size, generator=gen).to(device, memory_format=torch.channels_last)
-    targets = random_targets(train_batch, size, num_classes, gen)
+    targets = [{k: v.to(device) for k, v in t.items()} for t in random_targets(train_batch, size, num_classes, gen)]
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
     def train() -> None:
@@ -146,7 +146,7 @@ def effdet_fns(cfg, num_classes: int, device: torch.device, train_batch: int, pr
     train_bench = effdet.create_model(name, bench_task="train", bench_labeler=True, num_classes=num_classes,
                                       pretrained=False,
                                       pretrained_backbone=False, image_size=(size, size)).to(device, memory_format=fmt)
-    predict_bench = effdet.DetBenchPredict(train_bench.model)
+    predict_bench = effdet.DetBenchPredict(train_bench.model).to(device)  # its anchors are built on the CPU
     if compile_model:  # as DetLab compiles its training and inference networks
         predict_bench.model = compile_for_inference(train_bench.model, device)
         train_bench.model = torch.compile(train_bench.model)
@@ -196,6 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(cfg.General.device)
+    torch.backends.cudnn.benchmark = True  # as detection_train.py / detection_test.py run (core.engine.runtime)
     precision = cfg.General.precision if device.type == "cuda" else "fp32"
     sizes = dict(train_batch=args.train_batch, predict_batch=args.predict_batch, compile_model=args.compile, precision=precision)
     fns, gflops = detlab_fns(cfg, args.num_classes, device, **sizes)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 
 import torch
@@ -98,8 +97,11 @@ class LevelSubNet(nn.Module):
         self.gap = max(conv.conv_dw.kernel_size[0] for conv in [*subnet.convs, subnet.predict]) // 2
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        small = sum(1 for _ in itertools.takewhile(lambda x: x.shape[-2:].numel() <= self.max_packed_pixels,
-                                                    reversed(features)))
+        small = 0  # coarse levels of at most max_packed_pixels; a plain loop, which torch 2.11's Dynamo traces
+        for x in reversed(features):
+            if x.shape[-2:].numel() > self.max_packed_pixels:
+                break
+            small += 1
         first_packed = len(features) - small if small >= 2 else len(features)
         outputs = [self.predict(layers(x)) for layers, x in zip(self.levels, features[:first_packed])]
         if first_packed == len(features):
