@@ -97,6 +97,39 @@ def _slice_length(sizes: list[int], target: int) -> int:
     return next((d for d in range(target, target // 2, -1) if common % d == 0), target)
 
 
+def batch_top_candidates(class_scores: Sequence[torch.Tensor], k: int,
+                         floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest (anchor, class) scores >= ``floor`` of each image of a batch.
+
+    ``class_scores``: per level ``[B, N_l, C]`` logits or probabilities. Returns ``values [B, K]``
+    and flat indices ``[B, K]`` into each image's ``[sum N_l, C]`` (``anchor * C + class``),
+    largest first; where an image has fewer than ``K`` such scores its row ends in ``-inf`` values
+    (index 0). On a GPU one ``topk`` over the batch's concatenated scores (a few kernels whatever
+    the batch); on a CPU :func:`top_candidates` image by image (a plain ``topk`` runs single-threaded
+    there and is the slow part of post-processing).
+    """
+    if class_scores[0].is_cuda:
+        return full_topk(class_scores, k, floor)
+    batch = class_scores[0].shape[0]
+    found = [top_candidates([x[i] for x in class_scores], k, floor) for i in range(batch)]
+    width = max(v.numel() for v, _ in found)
+    values = class_scores[0].new_full((batch, width), -math.inf)
+    index = torch.zeros(batch, width, dtype=torch.int64, device=values.device)
+    for i, (v, idx) in enumerate(found):
+        values[i, :v.numel()] = v
+        index[i, :idx.numel()] = idx
+    return values, index
+
+
+def full_topk(class_scores: Sequence[torch.Tensor], k: int, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`batch_top_candidates` as one ``topk`` over each image's concatenated scores (what it
+    runs on a GPU); same inputs and outputs, the ``-inf`` fill included."""
+    batch = class_scores[0].shape[0]
+    flat = torch.cat([x.reshape(batch, -1) for x in class_scores], dim=1)
+    values, index = flat.topk(min(k, flat.shape[1]), dim=1)
+    return values.masked_fill(values < floor, -math.inf), index
+
+
 def postprocess(class_logits: Sequence[torch.Tensor], box_deltas: torch.Tensor, anchors: torch.Tensor,
                 image_size: tuple[int, int], top_n: int, min_score: float, nms_thresh: float,
                 max_det: int) -> list[Detections]:
@@ -107,31 +140,42 @@ def postprocess(class_logits: Sequence[torch.Tensor], box_deltas: torch.Tensor, 
     ``anchors`` ``[N, 4]`` xyxy. Keeps the ``top_n`` highest (anchor, class) logits of each image
     with score above ``min_score``, decodes and clips the boxes to ``image_size = (H, W)``, runs
     NMS per class at ``nms_thresh`` and returns at most ``max_det`` detections sorted by score.
+    The whole batch goes through each step at once (no per-image loop on a GPU).
     """
     num_classes = class_logits[0].shape[-1]
     # sigmoid(x) > min_score  <=>  x > logit(min_score); a hair lower, the exact test follows
     min_logit = math.log(min_score / (1.0 - min_score)) - 1e-3 if 0.0 < min_score < 1.0 else -math.inf
-    results = []
-    for i in range(box_deltas.shape[0]):
-        top_logits, top_idx = top_candidates([x[i] for x in class_logits], top_n, min_logit)
-        scores = top_logits.float().sigmoid()
-        keep = scores > min_score
-        scores, idx = scores[keep], top_idx[keep]
-        anchor_idx = idx // num_classes
-        labels = idx % num_classes
-        boxes = box_coder.decode(box_deltas[i, anchor_idx].float(), anchors[anchor_idx])
-        results.append(clip_and_suppress(boxes, scores, labels, image_size, nms_thresh, max_det))
-    return results
+    top_logits, top_idx = batch_top_candidates(class_logits, top_n, min_logit)
+    scores = top_logits.float().sigmoid()
+    image, rank = (scores > min_score).nonzero(as_tuple=True)
+    idx = top_idx[image, rank]
+    anchor_idx = idx // num_classes
+    boxes = box_coder.decode(box_deltas[image, anchor_idx].float(), anchors[anchor_idx])
+    return clip_and_suppress(boxes, scores[image, rank], idx % num_classes, image, box_deltas.shape[0],
+                             num_classes, image_size, nms_thresh, max_det)
 
 
-def clip_and_suppress(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, image_size: tuple[int, int],
-                      nms_thresh: float, max_det: int) -> Detections:
-    """One image's candidates (``boxes`` ``[K, 4]`` xyxy input pixels, modified in place; ``scores``,
-    ``labels`` ``[K]``) clipped to ``image_size = (H, W)``, empty boxes dropped, class-wise NMS at
-    ``nms_thresh``: at most ``max_det`` detections, highest score first."""
+def clip_and_suppress(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, images: torch.Tensor,
+                      num_images: int, num_classes: int, image_size: tuple[int, int], nms_thresh: float,
+                      max_det: int) -> list[Detections]:
+    """Candidates of a batch (``boxes`` ``[K, 4]`` xyxy input pixels, modified in place; ``scores``,
+    ``labels`` in ``0..num_classes-1`` and image numbers ``images`` ``[K]``) clipped to
+    ``image_size = (H, W)``, empty boxes dropped, NMS per image and class at ``nms_thresh`` (all
+    images in one call): per image of ``num_images``, at most ``max_det`` detections, highest
+    score first."""
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, image_size[1])
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, image_size[0])
     nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    boxes, scores, labels = boxes[nonempty], scores[nonempty], labels[nonempty]
-    keep = class_nms(boxes, scores, labels, nms_thresh)[:max_det]
-    return Detections(boxes[keep], scores[keep], labels[keep])
+    boxes, scores, labels, images = boxes[nonempty], scores[nonempty], labels[nonempty], images[nonempty]
+    if num_images == 1:  # the latency case: no grouping by image (~0.4 ms of small ops on a CPU)
+        keep = class_nms(boxes, scores, labels, nms_thresh)[:max_det]
+        return [Detections(boxes[keep], scores[keep], labels[keep])]
+    keep = class_nms(boxes, scores, images * num_classes + labels, nms_thresh)  # highest score first
+    keep = keep.index_select(0, images.index_select(0, keep).argsort(stable=True))  # by image, then score
+    kept_images = images.index_select(0, keep)
+    counts = torch.bincount(kept_images, minlength=num_images)
+    rank = torch.arange(keep.numel(), device=keep.device) - (counts.cumsum(0) - counts).index_select(0, kept_images)
+    keep = keep[rank < max_det]
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    sizes = counts.clamp(max=max_det).tolist()
+    return [Detections(b, s, l) for b, s, l in zip(boxes.split(sizes), scores.split(sizes), labels.split(sizes))]

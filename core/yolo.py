@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import complete_box_iou_loss
 
-from core.postprocess import Detections, clip_and_suppress, top_candidates
+from core.postprocess import Detections, batch_top_candidates, clip_and_suppress
 
 # Cell shifts (dx, dy) of the centre cell and of the left, top, right, bottom neighbours.
 _SHIFTS = ((0, 0), (-1, 0), (0, -1), (1, 0), (0, 1))
@@ -194,15 +194,12 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, image_size: tup
     ``nms_thresh``, at most ``max_det`` sorted by score. ``boxes`` ``[B, N, 4]`` xyxy input pixels,
     ``scores`` ``[B, N, C]``; the returned boxes are in input pixels."""
     batch, _, num_classes = scores.shape
-    results = []
-    for i in range(batch):
-        top_scores, top_idx = top_candidates([scores[i]], top_n, min_score)
-        keep = top_scores > min_score
-        score, idx = top_scores[keep], top_idx[keep]
-        labels = idx % num_classes
-        box = boxes[i, idx // num_classes]  # advanced indexing: a copy, so clipping in place is safe
-        results.append(clip_and_suppress(box, score, labels, image_size, nms_thresh, max_det))
-    return results
+    top_scores, top_idx = batch_top_candidates([scores], top_n, min_score)
+    image, rank = (top_scores > min_score).nonzero(as_tuple=True)
+    idx = top_idx[image, rank]
+    box = boxes[image, idx // num_classes]  # advanced indexing: a copy, so clipping in place is safe
+    return clip_and_suppress(box, top_scores[image, rank], idx % num_classes, image, batch, num_classes,
+                             image_size, nms_thresh, max_det)
 
 
 class YoloTask:

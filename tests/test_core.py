@@ -18,7 +18,7 @@ from core.config import ConfigError, load_config
 from core.focal_loss import sigmoid_focal_loss_sum
 from core.loss import BACKGROUND, IGNORE, assign, detection_loss
 from core.nms import class_nms
-from core.postprocess import postprocess, top_candidates
+from core.postprocess import batch_top_candidates, full_topk, postprocess, top_candidates
 from core.task import DetectionTask
 from symbol.builder import build_detector
 
@@ -388,7 +388,7 @@ def _nms_class_by_class(boxes: torch.Tensor, scores: torch.Tensor, labels: torch
 @pytest.mark.parametrize("num_boxes,num_classes", [(1000, 90), (600, 40), (1000, 4), (100, 90), (0, 1)])
 def test_class_nms_keeps_what_per_class_nms_keeps(num_boxes: int, num_classes: int) -> None:
     """Same kept boxes, in the same order, as torchvision's nms class by class: both the
-    same-class-pairs route (many classes) and the batched_nms route (few classes, few boxes)."""
+    same-class-pairs route (many classes) and the one-shifted-nms route (few classes, few boxes)."""
     gen = torch.Generator().manual_seed(num_boxes + num_classes)
     xy = torch.rand(num_boxes, 2, generator=gen) * 300
     boxes = torch.cat([xy, xy + 10 + torch.rand(num_boxes, 2, generator=gen) * 100], 1)
@@ -431,3 +431,39 @@ def test_top_candidates_equal_full_topk(k: int) -> None:
             expected = eligible.topk(min(k, eligible.numel())).values
             assert torch.equal(values, expected)
             assert torch.equal(flat[idx], values) and idx.unique().numel() == idx.numel()
+
+
+def test_batch_top_candidates_routes_agree() -> None:
+    """The CPU route (threshold-first selection image by image) and the GPU route (one topk over
+    the batch) give each image the same values, -inf where fewer than k pass the floor, at
+    indices that hold those values."""
+    gen = torch.Generator().manual_seed(3)
+    levels = [torch.randn(3, 300, 9, generator=gen), torch.randint(-3, 3, (3, 40, 9), generator=gen).float()]
+    levels[1][2] = -math.inf  # one image with few candidates
+    flat = torch.cat([x.reshape(3, -1) for x in levels], 1)
+    for k, floor in ((50, -math.inf), (500, 1.0), (2000, 0.0)):
+        values, index = batch_top_candidates(levels, k, floor)
+        full_values, full_index = full_topk(levels, k, floor)
+        width = values.shape[1]
+        assert torch.equal(values, full_values[:, :width]) and (full_values[:, width:] == -math.inf).all()
+        for v, i in ((values, index), (full_values, full_index)):
+            found = v > -math.inf
+            assert torch.equal(flat.gather(1, i)[found], v[found])
+
+
+def test_postprocess_batch_equals_images_one_by_one() -> None:
+    """A batch's detections equal those of each image post-processed alone (NMS never mixes
+    images, max_det counts per image)."""
+    gen = torch.Generator().manual_seed(5)
+    n, c = 400, 6
+    xy = torch.rand(n, 2, generator=gen) * 80
+    anchors = torch.cat([xy, xy + 8 + torch.rand(n, 2, generator=gen) * 30], 1)
+    logits = torch.randn(4, n, c, generator=gen) * 2
+    logits[2] = -20.0  # an image without detections
+    deltas = torch.randn(4, n, 4, generator=gen) * 0.2
+    batch = postprocess([logits], deltas, anchors, (100, 100), 300, 0.05, 0.5, 40)
+    assert len(batch) == 4 and len(batch[2].boxes) == 0 and 0 < len(batch[0].boxes) <= 40
+    for i, det in enumerate(batch):
+        alone = postprocess([logits[i:i + 1]], deltas[i:i + 1], anchors, (100, 100), 300, 0.05, 0.5, 40)[0]
+        assert torch.equal(det.boxes, alone.boxes) and torch.equal(det.scores, alone.scores)
+        assert torch.equal(det.labels, alone.labels)

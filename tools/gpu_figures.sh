@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's GPU figures in one run: effdet_b0 at 512 px (bf16 autocast, channels_last on both
-# sides), eager and compiled, side by side with effdet, then a short compiled demo training and test
-# on the GPU. Logs go to $LOGS (default ./gpu_logs); each step has its own time limit so that a slow
+# sides), eager and compiled, side by side with effdet, and a one-epoch demo training and test on
+# the GPU. Logs go to $LOGS (default ./gpu_logs); each step has its own time limit so that a slow
 # compile cannot hide the figures before it.
 #   bash tools/gpu_figures.sh            (needs a CUDA device and the effdet package)
 set -uo pipefail
@@ -19,14 +19,16 @@ step() {  # step NAME SECONDS COMMAND...
 }
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,utilization.gpu --format=csv
-python3 -c "import torch, torchvision, timm, effdet; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__, 'effdet', effdet.__version__)"
+python3 -c "from importlib.metadata import version as v; print(*(f'{p} {v(p)}' for p in ('torch', 'torchvision', 'timm', 'effdet')))"
 
 BENCH="python3 -m utils.benchmark --config config/effdet_b0.py --compare effdet --channels-last"
-step eager_b2_b1 90 $BENCH --iters 30 --warmup 5
+# Limits from the H200 run of 2026-11-30 (a process's first CUDA start and cudnn autotuning take
+# ~60 s; compiling both sides' training did not finish in 180 s). About 10 minutes in all.
 step eager_b16 90 $BENCH --train-batch 16 --predict-batch 16 --iters 20 --warmup 5
 step compiled_predict_b16 150 $BENCH --compile --only predict --predict-batch 16 --iters 30 --warmup 5
-step compiled_train_b16 180 $BENCH --compile --only train --train-batch 16 --iters 20 --warmup 5
-step demo_train 120 python3 detection_train.py --config config/demo.py --set schedule.end_epoch=2 \
-    --set schedule.eval_every=2 --set "pretrain.backbone_weights=''" --set General.compile=True
-step demo_test 45 python3 detection_test.py --config config/demo.py
+step demo_train 60 python3 detection_train.py --config config/demo.py --set schedule.end_epoch=1 \
+    --set schedule.eval_every=1 --set "pretrain.backbone_weights=''"
+step demo_test 40 python3 detection_test.py --config config/demo.py
+step compiled_train_b16 240 $BENCH --compile --only train --train-batch 16 --iters 20 --warmup 5
+step eager_b2_b1 90 $BENCH --iters 20 --warmup 5
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv
