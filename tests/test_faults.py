@@ -126,6 +126,25 @@ def test_sigterm_saves_and_resume_is_exact(tiny_data: Path, tmp_path: Path, refe
     assert_same_run(tmp_path / "term", reference)
 
 
+def test_sigterm_to_the_process_group_with_workers_still_saves(tiny_data: Path, tmp_path: Path) -> None:
+    """SIGTERM to every process of the run (as Ctrl-C, ``timeout`` or a scheduler send it): the
+    DataLoader workers must not die before the main process has finished its step and saved."""
+    args = overrides(tiny_data, tmp_path, "group") + ["General.loader_worker=2", "schedule.end_epoch=20"]
+    proc = subprocess.Popen([sys.executable, "detection_train.py", "--config", "config/demo.py",
+                             *[a for o in args for a in ("--set", o)]], cwd=ROOT, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "group" / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "DataLoader worker" not in out and "--resume" in out
+    assert load_checkpoint(tmp_path / "group" / "interrupted.pt")["step"] >= 3
+
+
 def test_nonfinite_losses_skip_then_stop(tiny_data: Path, tmp_path: Path, capsys) -> None:
     cfg = load_config(ROOT / "config/demo.py", overrides(tiny_data, tmp_path, "nan"))
     trainer = Trainer(cfg)

@@ -1,6 +1,7 @@
 """DataLoaders for a config: dataset spec -> records -> transforms -> batches."""
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import torch
@@ -41,4 +42,15 @@ def build_loader(cfg: Any, records: list[ImageRecord], train: bool, batch_size: 
         collate_fn=collate,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
+        worker_init_fn=ignore_stop_signals,
     )
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT and SIGTERM and leave the stop to the main process
+    (``core.engine.signals``: finish the step, save, exit; the workers then end with it). A signal
+    sent to the whole process group (Ctrl-C in a terminal, ``timeout``, a cluster scheduler) would
+    otherwise kill the workers at once and the main process with a "DataLoader worker killed"
+    error before it could save."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
