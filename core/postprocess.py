@@ -27,8 +27,16 @@ class Detections:
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, orig_size[0])
         return Detections(boxes, self.scores, self.labels)
 
-    def to_cpu(self) -> "Detections":
-        return Detections(self.boxes.cpu(), self.scores.cpu(), self.labels.cpu())
+
+def detections_to_cpu(detections: Sequence[Detections]) -> list[Detections]:
+    """The same detections on the CPU, copied over in three transfers for the whole batch instead of
+    three per image (each a device sync)."""
+    if not detections:
+        return []
+    sizes = [len(d.scores) for d in detections]
+    fields = [torch.cat([getattr(d, name) for d in detections]).cpu().split(sizes)
+              for name in ("boxes", "scores", "labels")]
+    return [Detections(*parts) for parts in zip(*fields)]
 
 
 def top_candidates(class_scores: Sequence[torch.Tensor], k: int, floor: float) -> tuple[torch.Tensor, torch.Tensor]:

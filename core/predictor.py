@@ -30,7 +30,7 @@ from core.data.records import ImageRecord
 from core.data.transforms import DetectionTransform, build_transform
 from core.engine.runtime import autocast, select_device
 from core.ensemble import WBF_IOU, TTAPlan, flip_inputs, fuse_detections, scaled_size, unflip_boxes
-from core.postprocess import Detections
+from core.postprocess import Detections, detections_to_cpu
 from core.task import build_task
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
@@ -143,10 +143,10 @@ class Detector:
         with autocast(self.device, self.cfg.General.precision):
             outputs = self.model(x)
         out = []
-        for det, t, w in zip(self.task.detect(outputs, x), targets, widths):
+        for det, t, w in zip(detections_to_cpu(self.task.detect(outputs, x)), targets, widths):
             if flip:
                 det = Detections(unflip_boxes(det.boxes, float(w)), det.scores, det.labels)
-            out.append(det.rescale(t["scale"], t["orig_size"]).to_cpu())
+            out.append(det.rescale(t["scale"], t["orig_size"]))
         return out
 
     def _fuse(self, passes: list[Detections]) -> Detections:

@@ -18,7 +18,8 @@ from core.config import ConfigError, load_config
 from core.focal_loss import sigmoid_focal_loss_sum
 from core.loss import BACKGROUND, IGNORE, assign, detection_loss
 from core.nms import class_nms
-from core.postprocess import batch_top_candidates, full_topk, postprocess, top_candidates
+from core.postprocess import (Detections, batch_top_candidates, detections_to_cpu, full_topk, postprocess,
+                              top_candidates)
 from core.task import DetectionTask
 from symbol.builder import build_detector
 
@@ -467,3 +468,11 @@ def test_postprocess_batch_equals_images_one_by_one() -> None:
         alone = postprocess([logits[i:i + 1]], deltas[i:i + 1], anchors, (100, 100), 300, 0.05, 0.5, 40)[0]
         assert torch.equal(det.boxes, alone.boxes) and torch.equal(det.scores, alone.scores)
         assert torch.equal(det.labels, alone.labels)
+
+
+def test_detections_to_cpu_keeps_each_image() -> None:
+    dets = [Detections(torch.rand(n, 4), torch.rand(n), torch.randint(0, 5, (n,))) for n in (3, 0, 2)]
+    moved = detections_to_cpu(dets)
+    assert len(moved) == 3 and detections_to_cpu([]) == []
+    for a, b in zip(dets, moved):
+        assert torch.equal(a.boxes, b.boxes) and torch.equal(a.scores, b.scores) and torch.equal(a.labels, b.labels)

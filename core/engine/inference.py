@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from core.engine.runtime import autocast
 from core.evaluation import EvalResult, evaluate, to_coco_results
-from core.postprocess import Detections
+from core.postprocess import Detections, detections_to_cpu
 from core.task import DetectionTask
 from symbol.fold_bn import fold_batchnorm
 from symbol.head.effdet_head import split_level_norms
@@ -72,8 +72,8 @@ def predict_batches(model: nn.Module, task: DetectionTask, batches: Iterable[tup
         images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
         with autocast(device, precision):
             outputs = model(images)
-        for det, t in zip(task.detect(outputs, images), targets):
-            out[t["image_id"]] = det.rescale(t["scale"], t["orig_size"]).to_cpu()
+        for det, t in zip(detections_to_cpu(task.detect(outputs, images)), targets):
+            out[t["image_id"]] = det.rescale(t["scale"], t["orig_size"])
     return out
 
 
