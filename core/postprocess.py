@@ -154,13 +154,21 @@ def postprocess(class_logits: Sequence[torch.Tensor], box_deltas: torch.Tensor, 
     # sigmoid(x) > min_score  <=>  x > logit(min_score); a hair lower, the exact test follows
     min_logit = math.log(min_score / (1.0 - min_score)) - 1e-3 if 0.0 < min_score < 1.0 else -math.inf
     top_logits, top_idx = batch_top_candidates(class_logits, top_n, min_logit)
-    scores = top_logits.float().sigmoid()
-    image, rank = (scores > min_score).nonzero(as_tuple=True)
-    idx = top_idx[image, rank]
-    anchor_idx = idx // num_classes
+    image, anchor_idx, labels, scores = passing_candidates(top_logits.float().sigmoid(), top_idx, min_score,
+                                                           num_classes)
     boxes = box_coder.decode(box_deltas[image, anchor_idx].float(), anchors[anchor_idx])
-    return clip_and_suppress(boxes, scores[image, rank], idx % num_classes, image, box_deltas.shape[0],
-                             num_classes, image_size, nms_thresh, max_det)
+    return clip_and_suppress(boxes, scores, labels, image, box_deltas.shape[0], num_classes, image_size,
+                             nms_thresh, max_det)
+
+
+def passing_candidates(scores: torch.Tensor, index: torch.Tensor, min_score: float,
+                       num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The candidates of :func:`batch_top_candidates` (``scores`` ``[B, K]`` as probabilities, flat
+    ``index`` ``[B, K]``) scoring above ``min_score``, as flat ``[M]`` tensors: image numbers,
+    anchor (or box) indices, class labels and scores."""
+    image, rank = (scores > min_score).nonzero(as_tuple=True)
+    idx = index[image, rank]
+    return image, idx // num_classes, idx % num_classes, scores[image, rank]
 
 
 def clip_and_suppress(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, images: torch.Tensor,

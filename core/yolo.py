@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import complete_box_iou_loss
 
-from core.postprocess import Detections, batch_top_candidates, clip_and_suppress
+from core.postprocess import Detections, batch_top_candidates, clip_and_suppress, passing_candidates
 
 # Cell shifts (dx, dy) of the centre cell and of the left, top, right, bottom neighbours.
 _SHIFTS = ((0, 0), (-1, 0), (0, -1), (1, 0), (0, 1))
@@ -195,11 +195,9 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, image_size: tup
     ``scores`` ``[B, N, C]``; the returned boxes are in input pixels."""
     batch, _, num_classes = scores.shape
     top_scores, top_idx = batch_top_candidates([scores], top_n, min_score)
-    image, rank = (top_scores > min_score).nonzero(as_tuple=True)
-    idx = top_idx[image, rank]
-    box = boxes[image, idx // num_classes]  # advanced indexing: a copy, so clipping in place is safe
-    return clip_and_suppress(box, top_scores[image, rank], idx % num_classes, image, batch, num_classes,
-                             image_size, nms_thresh, max_det)
+    image, box_idx, labels, score = passing_candidates(top_scores, top_idx, min_score, num_classes)
+    box = boxes[image, box_idx]  # advanced indexing: a copy, so clipping in place is safe
+    return clip_and_suppress(box, score, labels, image, batch, num_classes, image_size, nms_thresh, max_det)
 
 
 class YoloTask:

@@ -105,16 +105,22 @@ def test_crash_during_checkpoint_write_keeps_previous(tiny_data: Path, tmp_path:
     assert_same_run(run, reference)
 
 
-def test_sigterm_saves_and_resume_is_exact(tiny_data: Path, tmp_path: Path, reference: dict) -> None:
-    args = overrides(tiny_data, tmp_path, "term")
-    args_cli = [a for o in args for a in ("--set", o)]
-    proc = subprocess.Popen([sys.executable, "detection_train.py", "--config", "config/demo.py", *args_cli], cwd=ROOT,
+def start_training(args: list[str], log: Path, lines: int) -> subprocess.Popen:
+    """``detection_train.py`` with ``--set args`` in its own process group, returned once ``log``
+    holds ``lines`` lines (or after 120 s)."""
+    proc = subprocess.Popen([sys.executable, "detection_train.py", "--config", "config/demo.py",
+                             *[a for o in args for a in ("--set", o)]], cwd=ROOT, start_new_session=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    log = tmp_path / "term" / "log.jsonl"
     deadline = time.time() + 120
-    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 6):
-        time.sleep(0.2)  # wait until the second epoch is under way
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < lines):
+        time.sleep(0.2)
+    return proc
+
+
+def test_sigterm_saves_and_resume_is_exact(tiny_data: Path, tmp_path: Path, reference: dict) -> None:
+    args = overrides(tiny_data, tmp_path, "term")
+    proc = start_training(args, tmp_path / "term" / "log.jsonl", 6)  # the second epoch is under way
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
@@ -130,14 +136,7 @@ def test_sigterm_to_the_process_group_with_workers_still_saves(tiny_data: Path, 
     """SIGTERM to every process of the run (as Ctrl-C, ``timeout`` or a scheduler send it): the
     DataLoader workers must not die before the main process has finished its step and saved."""
     args = overrides(tiny_data, tmp_path, "group") + ["General.loader_worker=2", "schedule.end_epoch=20"]
-    proc = subprocess.Popen([sys.executable, "detection_train.py", "--config", "config/demo.py",
-                             *[a for o in args for a in ("--set", o)]], cwd=ROOT, start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    log = tmp_path / "group" / "log.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
-        time.sleep(0.2)
+    proc = start_training(args, tmp_path / "group" / "log.jsonl", 3)
     os.killpg(proc.pid, signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out

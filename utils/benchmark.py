@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from core.config import load_config
 from core.engine.inference import compile_for_inference, inference_model
-from core.engine.runtime import autocast, select_device
+from core.engine.runtime import autocast, seed_everything, select_device
 from core.task import build_task
 from symbol.builder import build_detector
 
@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(cfg.General.device)
-    torch.backends.cudnn.benchmark = True  # as detection_train.py / detection_test.py run (core.engine.runtime)
+    seed_everything(cfg.General.seed, cfg.General.deterministic)  # as the trainer runs (cudnn autotuning unless deterministic)
     precision = cfg.General.precision if device.type == "cuda" else "fp32"
     sizes = dict(train_batch=args.train_batch, predict_batch=args.predict_batch, compile_model=args.compile, precision=precision)
     fns, gflops = detlab_fns(cfg, args.num_classes, device, **sizes)
