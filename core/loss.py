@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_iou
+from torch.nn.utils.rnn import pad_sequence
 
 from core import box_coder
 from core.focal_loss import BACKGROUND, IGNORE, sigmoid_focal_loss_sum
@@ -24,28 +24,53 @@ class Assignment:
 
 
 def assign(anchors: torch.Tensor, gt_boxes: list[torch.Tensor], gt_labels: list[torch.Tensor],
-           match_iou: float, ignore_iou: float) -> Assignment:
+           match_iou: float, ignore_iou: float, max_iou_elements: int = 2**22) -> Assignment:
     """Match anchors ``[N, 4]`` xyxy to each image's ground truth (``[G_i, 4]`` xyxy input pixels,
     labels ``[G_i]``). IoU >= ``match_iou`` is positive, below ``ignore_iou`` background, between
     ignored; every ground-truth box also claims the anchors it overlaps best (low-quality matches),
-    so no object goes unlearned."""
+    so no object goes unlearned. An anchor equally close to several boxes takes the first.
+
+    Images are matched together: their boxes padded to the batch's largest ``G``, one
+    ``[images, G, N]`` IoU tensor per group of images, a group as large as keeps that tensor within
+    ``max_iou_elements`` (one image at a time at least, as for EfficientDet-D7's 442k anchors). The
+    default, 4 M (16 MB a tensor), timed best overall of 2^18-2^24 on a 2-core CPU; on a GPU
+    it still takes a batch of 16 COCO-like images (8 boxes, 49k anchors at 512 px) in two groups."""
     n = anchors.shape[0]
     labels = torch.full((len(gt_boxes), n), BACKGROUND, dtype=torch.int64, device=anchors.device)
     boxes = torch.zeros((len(gt_boxes), n, 4), dtype=anchors.dtype, device=anchors.device)
-    for i, (gb, gl) in enumerate(zip(gt_boxes, gt_labels)):
-        if gb.numel() == 0:
-            continue
-        iou = box_iou(gb, anchors)  # [G, N]
-        best_iou, best_gt = iou.max(dim=0)
-        per_gt_best = iou.max(dim=1, keepdim=True).values
-        forced = ((iou == per_gt_best) & (per_gt_best > 0)).any(dim=0)
-        img_labels = gl[best_gt]
-        img_labels = torch.where(best_iou >= match_iou, img_labels, torch.full_like(img_labels, IGNORE))
-        img_labels = torch.where(best_iou < ignore_iou, torch.full_like(img_labels, BACKGROUND), img_labels)
-        img_labels = torch.where(forced, gl[best_gt], img_labels)
-        labels[i] = img_labels
-        boxes[i] = gb[best_gt]
+    g = max((len(b) for b in gt_boxes), default=0)
+    if g == 0:
+        return Assignment(labels, boxes)
+    padded_boxes = pad_sequence([b.to(anchors.dtype) for b in gt_boxes], batch_first=True)  # [B, G, 4], zeros
+    padded_labels = pad_sequence(list(gt_labels), batch_first=True)  # [B, G]
+    count = torch.tensor([len(b) for b in gt_boxes], device=anchors.device)
+    padding = torch.arange(g, device=anchors.device) >= count[:, None]  # [B, G]
+    group = max(1, max_iou_elements // (g * n))
+    for start in range(0, len(gt_boxes), group):
+        rows = slice(start, start + group)
+        iou = batched_box_iou(padded_boxes[rows], anchors).masked_fill_(padding[rows, :, None], -1.0)  # [b, G, N]
+        best_iou, best_gt = iou.max(dim=1)  # [b, N]: the first best box (padding, at -1, never wins)
+        per_gt_best = iou.max(dim=2, keepdim=True).values  # [b, G, 1]; a box that overlaps nothing claims nothing
+        forced = (iou == per_gt_best.masked_fill(per_gt_best <= 0, 2.0)).any(dim=1)
+        matched = padded_labels[rows].gather(1, best_gt)
+        img_labels = torch.where(best_iou >= match_iou, matched, IGNORE)
+        img_labels = torch.where(best_iou < ignore_iou, BACKGROUND, img_labels)
+        labels[rows] = torch.where(forced, matched, img_labels)
+        boxes[rows] = padded_boxes[rows].gather(1, best_gt[..., None].expand(-1, -1, 4))
     return Assignment(labels, boxes)
+
+
+def batched_box_iou(boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """IoU ``[B, G, N]`` of ``boxes`` ``[B, G, 4]`` with ``anchors`` ``[N, 4]``, both xyxy; the same
+    arithmetic as ``torchvision.ops.box_iou`` image by image, so the same values to the bit."""
+    area_boxes = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    area_anchors = (anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])
+    b, a = boxes[:, :, None, :], anchors[None, None]
+    width = (torch.minimum(b[..., 2], a[..., 2]) - torch.maximum(b[..., 0], a[..., 0])).clamp_(min=0)
+    height = (torch.minimum(b[..., 3], a[..., 3]) - torch.maximum(b[..., 1], a[..., 1])).clamp_(min=0)
+    inter = width.mul_(height)
+    union = area_boxes[..., None] + area_anchors - inter
+    return inter.div_(union)
 
 
 def detection_loss(class_logits: list[torch.Tensor], box_deltas: torch.Tensor, anchors: torch.Tensor,

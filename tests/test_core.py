@@ -209,6 +209,46 @@ def test_assignment_thresholds_and_forced_match() -> None:
     assert (a.labels[1] == BACKGROUND).all()
 
 
+def _assign_image_by_image(anchors, gt_boxes, gt_labels, match_iou, ignore_iou):
+    """The matching rule written plainly, one image at a time with torchvision's box_iou."""
+    from torchvision.ops import box_iou
+    labels = torch.full((len(gt_boxes), len(anchors)), BACKGROUND, dtype=torch.int64)
+    boxes = torch.zeros((len(gt_boxes), len(anchors), 4))
+    for i, (gb, gl) in enumerate(zip(gt_boxes, gt_labels)):
+        if len(gb) == 0:
+            continue
+        iou = box_iou(gb, anchors)
+        best_iou, best_gt = iou.max(dim=0)
+        per_gt_best = iou.max(dim=1, keepdim=True).values
+        forced = ((iou == per_gt_best) & (per_gt_best > 0)).any(dim=0)
+        lab = torch.where(best_iou >= match_iou, gl[best_gt], IGNORE)
+        lab = torch.where(best_iou < ignore_iou, BACKGROUND, lab)
+        labels[i] = torch.where(forced, gl[best_gt], lab)
+        boxes[i] = gb[best_gt]
+    return labels, boxes
+
+
+@pytest.mark.parametrize("max_iou_elements", [1, 3 * 7 * 400, 2**24])
+def test_batched_assignment_equals_image_by_image(max_iou_elements: int) -> None:
+    """Padding the images' boxes to one IoU tensor, in groups of any size, changes no match: random
+    boxes, an image without boxes, duplicate boxes (ties) and boxes that touch no anchor."""
+    gen = torch.Generator().manual_seed(3)
+    xy = (torch.rand(400, 2, generator=gen) * 256).round()
+    anchors = torch.cat([xy, xy + 8 + (torch.rand(400, 2, generator=gen) * 56).round()], dim=1)
+    gt_boxes, gt_labels = [], []
+    for g in [7, 0, 1, 5, 7, 3]:
+        xy = (torch.rand(g, 2, generator=gen) * 300).round()
+        gt_boxes.append(torch.cat([xy, xy + 4 + (torch.rand(g, 2, generator=gen) * 80).round()], dim=1))
+        gt_labels.append(torch.randint(0, 9, (g,), generator=gen))
+    gt_boxes[3][1] = gt_boxes[3][0]  # two boxes tie on every anchor: the first wins
+    gt_boxes[5][2] = torch.tensor([1000.0, 1000.0, 1010.0, 1010.0])  # overlaps no anchor
+    want_labels, want_boxes = _assign_image_by_image(anchors, gt_boxes, gt_labels, 0.5, 0.4)
+    got = assign(anchors, gt_boxes, gt_labels, 0.5, 0.4, max_iou_elements=max_iou_elements)
+    assert (want_labels >= 0).sum() > 10 and (want_labels == IGNORE).any()
+    assert torch.equal(got.labels, want_labels)
+    assert torch.equal(got.boxes, want_boxes)
+
+
 def _loss_inputs(batch: int = 2, n: int = 50, c: int = 3, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     xy = torch.rand(n, 2, generator=gen) * 200
