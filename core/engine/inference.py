@@ -25,9 +25,9 @@ def inference_model(model: nn.Module, device: torch.device, compile_model: bool 
     module; ``model`` is only moved to ``device`` and set to eval, its weights stay; the
     EfficientDet head's per-level norms fold into per-level copies of its convs, its coarse levels
     share one canvas: ``symbol.head.effdet_head.LevelSubNet``), TF-SAME stride-2
-    convolutions without a padded copy (``symbol.strided_same_conv``), squeeze-excite projections
-    as fusable products (``symbol.squeeze_excite``), compiled by
-    :func:`compile_for_inference` when ``compile_model`` (``General.compile``). Outputs equal the
+    convolutions without a padded copy (``symbol.strided_same_conv``); when ``compile_model``
+    (``General.compile``), squeeze-excite projections as fusable products
+    (``symbol.squeeze_excite``) and compiled by :func:`compile_for_inference`. Outputs equal the
     plain eval-mode model's to float rounding: the folding is checked on one small random input
     when built (``symbol.fold_bn``); the other rewrites are exact copies, checked by the tests."""
     model = model.to(device, memory_format=torch.channels_last).eval()
@@ -36,7 +36,8 @@ def inference_model(model: nn.Module, device: torch.device, compile_model: bool 
     network = copy.deepcopy(model)
     split_level_norms(network)  # head norms folded per level; coarse levels on one canvas
     replace_strided_same_convs(network)  # TF-SAME stride-2 convs without a padded copy of their input
-    replace_excite_convs(network)  # squeeze-excite 1x1 convs on one pixel as a product and a sum
+    if compile_model:  # eager, the product and sum are 7 dispatched ops for each conv's one, for nothing
+        replace_excite_convs(network)
     folded, _ = fold_batchnorm(network, example)
     return compile_for_inference(folded, device) if compile_model else folded
 
