@@ -109,9 +109,11 @@ class LevelSubNet(nn.Module):
         coarse = features[first_packed:]
         canvas = LevelCanvas([tuple(x.shape[-2:]) for x in coarse], self.gap)
         x = canvas.place(coarse)
-        for conv, affine in zip(self.shared_convs, self.level_affine[:, first_packed:]):
-            scale, shift = (canvas.place([a[i].view(1, -1, 1, 1).expand(1, -1, *f.shape[-2:])
-                                          for a, f in zip(affine, coarse)]) for i in (0, 1))
+        repeats, _, _, channels = self.level_affine.shape
+        # every repeat's scale and shift on one canvas: [repeat, (scale, shift), C, H, W], zero in the gaps
+        affine = canvas.place([self.level_affine[:, level].reshape(-1, channels, 1, 1).expand(-1, -1, *f.shape[-2:])
+                               for level, f in enumerate(coarse, start=first_packed)]).unflatten(0, (repeats, 2))
+        for conv, (scale, shift) in zip(self.shared_convs, affine):
             x = self.act(conv(x) * scale + shift)
         return outputs + canvas.split(self.predict(x))
 
