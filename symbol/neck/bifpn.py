@@ -60,16 +60,15 @@ class FusionNode(nn.Module):
 
     def forward(self, features: list[torch.Tensor], size: torch.Size) -> torch.Tensor:
         resampled = [r(features[i], size) for r, i in zip(self.resample, self.inputs)]
-        if self.edge_weights is None:
-            fused = sum(resampled)
-        else:
+        if self.edge_weights is not None:
             weights = self.edge_weights.to(features[0].dtype)
             if self.fusion == "softmax":
                 weights = weights.softmax(0)
             else:
                 weights = F.relu(weights)
                 weights = weights / (weights.sum() + self.eps)
-            fused = sum(w * x for w, x in zip(weights, resampled))
+            resampled = [w * x for w, x in zip(weights, resampled)]
+        fused = sum(resampled[1:], resampled[0])  # not sum(resampled): its 0 + x is a pass over x for nothing
         return self.conv(self.act(fused))
 
 
