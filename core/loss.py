@@ -42,9 +42,8 @@ def assign(anchors: torch.Tensor, gt_boxes: list[torch.Tensor], gt_labels: list[
     if g == 0:
         return Assignment(labels, boxes)
     padded_boxes = pad_sequence([b.to(anchors.dtype) for b in gt_boxes], batch_first=True)  # [B, G, 4], zeros
-    padded_labels = pad_sequence(list(gt_labels), batch_first=True)  # [B, G]
-    count = torch.tensor([len(b) for b in gt_boxes], device=anchors.device)
-    padding = torch.arange(g, device=anchors.device) >= count[:, None]  # [B, G]
+    padded_labels = pad_sequence(list(gt_labels), batch_first=True, padding_value=-1)  # [B, G]; classes are >= 0
+    padding = padded_labels < 0
     group = max(1, max_iou_elements // (g * n))
     for start in range(0, len(gt_boxes), group):
         rows = slice(start, start + group)
