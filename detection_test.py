@@ -161,7 +161,8 @@ def compare_tta_ensemble(args: argparse.Namespace, cfg: Config, trained: Trained
         runs = [own]
         for item in args.ensemble:
             weights, _, config = item.partition("@")
-            member = Detector.from_checkpoint(weights, config or None, device)
+            member = Detector.from_checkpoint(weights, config or None, device,
+                                              allow_pickle=cfg.pretrain.allow_pickle)
             if member.class_names != trained.class_names:
                 raise CheckpointError(f"--ensemble {weights}: classes {member.class_names} differ from "
                                       f"{trained.class_names} of {trained.source}; ensemble members must share classes")

@@ -153,3 +153,9 @@ class pretrain(Section):
                                  # parameters are all frozen keeps its running statistics too (stays in eval mode)
     excluded_param = []          # patterns of (DetLab-layout) checkpoint tensor names not to load,
                                  # e.g. ["head.*.predict.*"]
+    allow_pickle = False         # weights files are read with torch.load(weights_only=True): tensors and plain values,
+                                 # nothing in the file runs. A file that needs full unpickling (numpy objects, a whole
+                                 # pickled nn.Module, custom classes) is refused unless True; unpickling can run any
+                                 # code the file carries, so set it (or pass --allow-pickle) only for files you trust.
+                                 # Covers backbone_weights, detector_weights, --resume, detection_test.py --weights and
+                                 # --ensemble (--allow-pickle on a command line sets it)

@@ -4,7 +4,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,32 @@ _MAGIC = b"DETLAB-CKPT-1\n"
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated or corrupt; the message names the file."""
+
+
+class PickleRequiredError(CheckpointError):
+    """A weights file holds more than tensors and plain values, so only full unpickling (which can
+    run code) would read it, and the caller did not allow that; the message names the file and the fix."""
+
+
+ALLOW_PICKLE_HINT = "--allow-pickle (in a config: pretrain.allow_pickle = True)"
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+_WEIGHTS_UNPICKLER = re.compile(r"WeightsUnpickler error:\s*(.+)")
+
+
+def _pickle_detail(err: BaseException) -> str:
+    """What torch's weights-only unpickler stopped at, in a few words (its message spans many lines)."""
+    text = str(err)
+    if m := _UNSUPPORTED_GLOBAL.search(text):
+        return f"it refers to {m.group(1)}"
+    if m := _WEIGHTS_UNPICKLER.search(text):
+        return m.group(1).strip().rstrip(".")
+    return "not only tensors and plain values"
+
+
+def _needs_pickle(err: BaseException) -> bool:
+    """Whether ``torch.load(weights_only=True)`` failed because the file needs full unpickling
+    (rather than because it is damaged)."""
+    return isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err)
 
 
 def checkpoint_path(run_dir: Path, epoch: int) -> Path:
@@ -47,10 +75,15 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         os.close(dir_fd)
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", allow_pickle: bool = False) -> dict[str, Any]:
     """Read and verify a checkpoint written by :func:`save_checkpoint` (tensors to ``map_location``).
 
-    Plain ``torch.save`` files (no header) are read as they are, without a checksum.
+    Plain ``torch.save`` files (no header) are read as they are, without a checksum. This is the
+    one place DetLab unpickles a weights file: always with ``weights_only=True`` (tensors and plain
+    values only; nothing in the file can run). A file that needs more (numpy objects, a whole
+    pickled ``nn.Module``, custom classes) raises :class:`PickleRequiredError` unless
+    ``allow_pickle`` (``--allow-pickle`` / ``pretrain.allow_pickle``); then it is read with full
+    unpickling after a warning on stderr naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -64,9 +97,20 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     else:
         payload = data
     try:
-        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
+        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for a damaged zip
-        raise CheckpointError(f"checkpoint '{path}' cannot be read: {err}") from None
+        if not _needs_pickle(err):
+            raise CheckpointError(f"checkpoint '{path}' cannot be read: {err}") from None
+        detail = _pickle_detail(err)
+    if not allow_pickle:
+        raise PickleRequiredError(f"weights file '{path}' needs unpickling to load ({detail}), and unpickling can "
+                                  f"run code; if you trust the file, pass {ALLOW_PICKLE_HINT}")
+    print(f"warning: reading '{path}' by full unpickling ({detail}), as --allow-pickle / pretrain.allow_pickle "
+          "allows: whatever code the file carries runs now; use only files you trust", file=sys.stderr)
+    try:
+        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
+    except Exception as err:  # anything the file's own objects raise while being rebuilt
+        raise CheckpointError(f"checkpoint '{path}' cannot be read: {type(err).__name__}: {err}") from None
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -79,12 +123,16 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def load_latest(run_dir: Path, map_location: str | torch.device = "cpu",
-                warn=print) -> tuple[dict[str, Any], Path] | None:
+                warn=print, allow_pickle: bool = False) -> tuple[dict[str, Any], Path] | None:
     """The newest checkpoint in ``run_dir`` that loads and verifies, or ``None`` if there is none.
-    Each newer one that fails is reported through ``warn`` and skipped."""
+    Each newer one that fails is reported through ``warn`` and skipped, except one that needs
+    unpickling without ``allow_pickle``: that :class:`PickleRequiredError` is raised (a run does not
+    quietly continue from an older checkpoint than the one the user has)."""
     for _, path in reversed(list_checkpoints(run_dir)):
         try:
-            return load_checkpoint(path, map_location), path
+            return load_checkpoint(path, map_location, allow_pickle), path
+        except PickleRequiredError:
+            raise
         except CheckpointError as err:
             warn(f"warning: {err}; falling back to the previous checkpoint")
     return None

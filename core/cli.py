@@ -9,13 +9,22 @@ from core.config import Config, ConfigError, load_config
 
 
 def config_parser(description: str) -> argparse.ArgumentParser:
-    """A parser with ``--config``, ``--set Section.field=value`` (repeatable) and ``--data FILE.yaml``."""
+    """A parser with ``--config``, ``--set Section.field=value`` (repeatable), ``--data FILE.yaml`` and
+    ``--allow-pickle`` (= ``pretrain.allow_pickle = True``)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="experiment module, e.g. config/effdet_b0.py")
     parser.add_argument("--set", action="append", default=[], metavar="Section.field=value",
                         help="override a config field (repeatable)")
     parser.add_argument("--data", help="dataset YAML replacing dataset.data")
+    add_allow_pickle(parser)
     return parser
+
+
+def add_allow_pickle(parser: argparse.ArgumentParser) -> None:
+    """``--allow-pickle``: the one opt-in to reading weights files that need full unpickling."""
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="read weights files that need full unpickling (numpy objects, whole pickled modules); "
+                             "unpickling can run code, so only for files you trust (= pretrain.allow_pickle = True)")
 
 
 def load_from_args(args: argparse.Namespace) -> Config:
@@ -25,6 +34,8 @@ def load_from_args(args: argparse.Namespace) -> Config:
     overrides = list(args.set)
     if args.data:
         overrides.append(f"dataset.data={args.data}")
+    if getattr(args, "allow_pickle", False):
+        overrides.append("pretrain.allow_pickle=True")
     cfg = load_config(args.config, overrides)
     check_values(cfg)
     return cfg

@@ -101,13 +101,17 @@ class Detector:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, config: str | os.PathLike | Config | None = None,
-                        device: str | torch.device = "auto", overrides: Iterable[str] = ()) -> "Detector":
+                        device: str | torch.device = "auto", overrides: Iterable[str] = (),
+                        allow_pickle: bool = False) -> "Detector":
         """Load a checkpoint (EMA weights when saved). ``config``: None to use the config embedded in
         the checkpoint, else a config module path or a :class:`Config`; ``overrides``
-        (``Section.field=value``) are applied to it (e.g. ``test.min_det_score=0.3``)."""
+        (``Section.field=value``) are applied to it (e.g. ``test.min_det_score=0.3``).
+        ``allow_pickle``: read a checkpoint that needs full unpickling (which can run code; see
+        :func:`core.checkpoint.load_checkpoint`); the config's ``pretrain.allow_pickle`` is not
+        consulted, since the config may come from the checkpoint itself."""
         from core.engine.tester import load_trained
 
-        state = load_checkpoint(Path(path), map_location="cpu")
+        state = load_checkpoint(Path(path), map_location="cpu", allow_pickle=allow_pickle)
         class_names = state.get("class_names")
         if not class_names:
             raise CheckpointError(f"checkpoint '{path}' has no class_names; it was not written by detection_train.py")

@@ -14,6 +14,10 @@ network, before the optimizer and EMA see it:
    through ``model.train()`` (its class is swapped for a subclass whose ``train()`` always
    means eval; names, parameters, buffers and state dicts are unchanged).
 
+Weights files never run code: they are read with ``weights_only=True`` (``core.checkpoint.load_checkpoint``),
+and one that needs full unpickling (numpy objects, a whole pickled module) is refused naming the file
+unless ``allow_pickle`` (``--allow-pickle``) says the user trusts it.
+
 Each load prints one summary: tensors loaded, skipped by ``excluded_param``, shape-mismatched
 (checkpoint vs model shape; the model's fresh initialisation is kept), missing in the checkpoint
 (newly initialised) and unexpected in the checkpoint (ignored). Nothing is dropped silently.
@@ -191,14 +195,16 @@ def backbone_conversion(tensors: dict[str, torch.Tensor], body: nn.Module, layou
     return Conversion.identity(tensors)
 
 
-def load_backbone_weights(model: nn.Module, spec: str, excluded: Iterable[str] = ()) -> LoadReport:
-    """Load ``spec`` (timm hub name or weights file) into ``model.backbone.body``; see the module doc."""
+def load_backbone_weights(model: nn.Module, spec: str, excluded: Iterable[str] = (),
+                          allow_pickle: bool = False) -> LoadReport:
+    """Load ``spec`` (timm hub name or weights file) into ``model.backbone.body``; see the module doc.
+    ``allow_pickle``: see :func:`core.checkpoint.load_checkpoint` (``pretrain.allow_pickle``)."""
     body = getattr(getattr(model, "backbone", None), "body", None)
     if body is None:
         raise PretrainError("pretrain.backbone_weights needs a timm backbone (backbone.type 'timm', whose network is "
                             "backbone.body); for other backbones use pretrain.detector_weights")
     if _looks_like_file(spec):
-        wf = read_weights(spec)
+        wf = read_weights(spec, allow_pickle=allow_pickle)
         layout = detect_layout(wf.tensors)
         conversion = backbone_conversion(wf.tensors, body, layout)
         title = f"pretrain.backbone_weights: {wf.path} ({wf.describe}, {layout} layout)"
@@ -212,13 +218,14 @@ def load_backbone_weights(model: nn.Module, spec: str, excluded: Iterable[str] =
 
 
 def load_detector_weights(model: nn.Module, spec: str, excluded: Iterable[str] = (),
-                          class_names: list[str] | None = None) -> LoadReport:
+                          class_names: list[str] | None = None, allow_pickle: bool = False) -> LoadReport:
     """Load a DetLab checkpoint or state dict, or an effdet EfficientDet state dict, into ``model``.
+    ``allow_pickle``: see :func:`core.checkpoint.load_checkpoint` (``pretrain.allow_pickle``).
 
     With ``class_names`` (the dataset's), a checkpoint trained on other classes whose class
     predictor still fits is loaded but warned about (its channels would mean other classes).
     """
-    wf = read_weights(spec)
+    wf = read_weights(spec, allow_pickle=allow_pickle)
     layout = detect_layout(wf.tensors)
     if layout == "detlab":
         conversion = Conversion.identity(wf.tensors)
@@ -328,12 +335,15 @@ def apply_pretrain(model: nn.Module, section: Any, class_names: list[str] | None
     for field_name in ("backbone_weights", "detector_weights"):
         if not isinstance(getattr(section, field_name), str):
             raise PretrainError(f"pretrain.{field_name} must be a string (a path, pkg:MODULE/PATH or \"\")")
+    if not isinstance(section.allow_pickle, bool):
+        raise PretrainError("pretrain.allow_pickle must be True or False")
     reports: list[LoadReport | FreezeReport] = []
     if section.backbone_weights:
-        reports.append(load_backbone_weights(model, section.backbone_weights, excluded))
+        reports.append(load_backbone_weights(model, section.backbone_weights, excluded, section.allow_pickle))
         log(reports[-1].summary())
     if section.detector_weights:
-        reports.append(load_detector_weights(model, section.detector_weights, excluded, class_names))
+        reports.append(load_detector_weights(model, section.detector_weights, excluded, class_names,
+                                             section.allow_pickle))
         log(reports[-1].summary())
     if fixed:
         reports.append(freeze(model, fixed))

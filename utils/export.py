@@ -31,7 +31,7 @@ from torchvision.ops import nms
 
 from core import box_coder
 from core.anchors import flatten_levels
-from core.cli import run_main
+from core.cli import add_allow_pickle, run_main
 from core.config import load_config
 from core.engine.tester import load_trained
 from core.task import DetectionTask
@@ -137,8 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--postprocess", action="store_true",
                         help="end the graph in detections (boxes, scores, labels); batch 1")
     parser.add_argument("--set", action="append", default=[], metavar="Section.field=value")
+    add_allow_pickle(parser)
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set + (["pretrain.allow_pickle=True"] if args.allow_pickle else []))
     trained = load_trained(cfg, Path(args.weights), torch.device("cpu"))
     out = args.out or Path(args.weights).with_suffix(".onnx")
     names = export_onnx(trained.model, cfg.head.type, cfg.dataset.image_size, out, args.batch,

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from core.checkpoint import CheckpointError, save_checkpoint
+from core.cli import add_allow_pickle
 from core.convert.common import Conversion, ConversionError, removed_lines
 from core.convert.effdet_ckpt import effdet_to_detlab
 from core.convert.layout import LAYOUTS, detect_layout
@@ -175,12 +176,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", help="DetLab config giving the target structure (effdet, torchvision, lukemelas)")
     parser.add_argument("--arch", help="timm model name giving the target backbone structure")
     parser.add_argument("--verbose", action="store_true", help="list every renamed and removed tensor")
+    add_allow_pickle(parser)
     return parser.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> None:
     """Read, convert, operate, write, printing each step."""
-    wf = read_weights(args.input)
+    wf = read_weights(args.input, allow_pickle=args.allow_pickle)
     if args.source == "mxnet" and wf.file_format != "mxnet":
         raise ConversionError(f"--from mxnet: '{wf.path}' is not an MXNet .params file (no NDArray list magic)")
     print(f"read {wf.path}: {wf.describe}, {len(wf.tensors)} tensors")

@@ -2,6 +2,7 @@
 
     python -m utils.predict --weights runs/demo/epoch_0010.pt [--config config/demo.py] IMAGES...
         [--out predictions.json] [--vis DIR] [--vis-score 0.3] [--min-score 0.05] [--tta flip,0.8,1.2]
+        [--allow-pickle]
 
 IMAGES are files, folders (their pictures, not recursive) or glob patterns (quoted, e.g.
 'photos/**/*.jpg'). The json is a list of COCO result dicts (``image_id`` = position of the
@@ -56,6 +57,8 @@ def _vis_names(paths: Sequence[Path]) -> list[str]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
+    from core.cli import add_allow_pickle
+
     ap = argparse.ArgumentParser(prog="python -m utils.predict", description=__doc__.split("\n")[0])
     ap.add_argument("images", nargs="+", help="picture files, folders or glob patterns")
     ap.add_argument("--weights", required=True, help="checkpoint written by detection_train.py")
@@ -69,6 +72,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tta", help="test-time augmentation: 'flip', scales such as '0.8,1.2', or both")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--batch", type=int, help="pictures per forward pass (default: test.batch_image)")
+    add_allow_pickle(ap)
     return ap.parse_args(argv)
 
 
@@ -94,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from core.visualize import draw_detections
 
     tta = TTAPlan.parse(args.tta) if args.tta else None
-    det = Detector.from_checkpoint(args.weights, args.config, args.device, args.set)
+    det = Detector.from_checkpoint(args.weights, args.config, args.device, args.set, allow_pickle=args.allow_pickle)
     print(f"{len(paths)} pictures, model {det.source} ({len(det.class_names)} classes), "
           f"tta {tta.describe() if tta else 'none'}")
     results: list[dict] = []

@@ -109,12 +109,14 @@ def _from_torch_object(obj: Any, path: Path, prefer_ema: bool) -> tuple[dict[str
     raise WeightsFileError(f"'{path}' holds a {type(obj).__name__}, not a state dict; save model.state_dict()")
 
 
-def read_weights(spec: str | Path, prefer_ema: bool = True) -> WeightsFile:
+def read_weights(spec: str | Path, prefer_ema: bool = True, allow_pickle: bool = False) -> WeightsFile:
     """Read ``spec`` (a path or ``pkg:`` path, see :func:`resolve_weights_path`) into a :class:`WeightsFile`.
 
     The format is recognised from the content: MXNet's NDArray list magic, a safetensors file
-    (by suffix), else ``torch.load`` (DetLab checkpoints' checksum is verified). Of a DetLab
-    checkpoint the EMA weights are taken when present and ``prefer_ema``, else the model weights.
+    (by suffix), else ``torch.load`` through :func:`core.checkpoint.load_checkpoint` (DetLab
+    checkpoints' checksum is verified; ``weights_only=True``, and a file that needs full unpickling
+    raises ``PickleRequiredError`` unless ``allow_pickle``). Of a DetLab checkpoint the EMA weights
+    are taken when present and ``prefer_ema``, else the model weights.
     """
     path = resolve_weights_path(spec)
     notes: list[str] = []
@@ -135,6 +137,6 @@ def read_weights(spec: str | Path, prefer_ema: bool = True) -> WeightsFile:
             raise WeightsFileError(f"'{path}' cannot be read as safetensors: {err}") from None
         return WeightsFile(path, "safetensors", _strip_module_prefix(tensors, notes), "safetensors state dict",
                            notes=notes)
-    obj = load_checkpoint(path)
+    obj = load_checkpoint(path, allow_pickle=allow_pickle)
     tensors, describe, checkpoint = _from_torch_object(obj, path, prefer_ema)
     return WeightsFile(path, "torch", _strip_module_prefix(tensors, notes), describe, checkpoint, notes=notes)

@@ -35,7 +35,7 @@ def find_weights(cfg: Config, epoch: int | None = None, weights: str | None = No
     out = run_dir(cfg)
     if epoch is not None:
         return checkpoint_path(out, epoch)
-    found = load_latest(out)
+    found = load_latest(out, allow_pickle=cfg.pretrain.allow_pickle)
     if found is None:
         raise CheckpointError(f"no checkpoint in {out}; train first (python detection_train.py --config "
                               f"{cfg.source}) or pass --weights FILE")
@@ -44,9 +44,10 @@ def find_weights(cfg: Config, epoch: int | None = None, weights: str | None = No
 
 def load_trained(cfg: Config, path: Path, device: torch.device, state: dict | None = None) -> TrainedModel:
     """Build ``cfg``'s network for the checkpoint's classes and load its weights (EMA when saved).
-    ``state`` is the checkpoint at ``path`` when the caller has read it already."""
+    ``state`` is the checkpoint at ``path`` when the caller has read it already; else it is read
+    with ``cfg.pretrain.allow_pickle`` (see :func:`core.checkpoint.load_checkpoint`)."""
     if state is None:
-        state = load_checkpoint(path, map_location="cpu")
+        state = load_checkpoint(path, map_location="cpu", allow_pickle=cfg.pretrain.allow_pickle)
     class_names = state.get("class_names")
     if not class_names:
         raise CheckpointError(f"checkpoint '{path}' has no class_names; it was not written by detection_train.py")

@@ -14,8 +14,8 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm import tqdm
 
-from core.checkpoint import (CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint, load_latest,
-                             save_checkpoint)
+from core.checkpoint import (CheckpointError, PickleRequiredError, checkpoint_path, list_checkpoints,
+                             load_checkpoint, load_latest, save_checkpoint)
 from core.config import Config
 from core.data.check import load_checked_records
 from core.data.loader import build_loader
@@ -134,13 +134,16 @@ class Trainer:
         }
 
     def _resume(self) -> None:
-        found = load_latest(self.out, map_location="cpu", warn=self._print)
+        allow_pickle = self.cfg.pretrain.allow_pickle  # one that needs it and is not allowed stops the resume
+        found = load_latest(self.out, map_location="cpu", warn=self._print, allow_pickle=allow_pickle)
         interrupted = self.out / INTERRUPTED
         if interrupted.exists():
             try:
-                state = load_checkpoint(interrupted)
+                state = load_checkpoint(interrupted, allow_pickle=allow_pickle)
                 if found is None or state["step"] > found[0]["step"]:
                     found = state, interrupted
+            except PickleRequiredError:
+                raise
             except CheckpointError as err:
                 self._print(f"warning: {err}; using the epoch checkpoints instead")
         if found is None:
