@@ -189,7 +189,7 @@ def test_synthetic_deterministic(tmp_path: Path) -> None:
     a = synthesize_shapes(tmp_path / "a", 4, 2, 128, seed=3)
     b = synthesize_shapes(tmp_path / "b", 4, 2, 128, seed=3)
     ta, tb = _tree(a), _tree(b)
-    assert len(ta) == 8 and ta == tb
+    assert len(ta) == 9 and ta == tb and ".detlab-synthetic" in ta  # 6 pictures, 2 jsons, the marker
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # temp folder cleaned up
     c = synthesize_shapes(tmp_path / "c", 4, 2, 128, seed=4)
     assert _tree(c) != ta

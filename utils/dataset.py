@@ -1,19 +1,23 @@
 """Dataset tools: check, subset, split, convert, show.
 
     python -m utils.dataset check DATA.yaml [--split train] [--decode]
-    python -m utils.dataset subset SRC.json OUT.json --classes motorcycle,car,bus,truck [--keep-empty]
-    python -m utils.dataset split SRC.json OUT_DIR (--val-fraction 0.2 | --folds 5) [--seed 0]
-    python -m utils.dataset convert --to voc|yolo|coco DATA.yaml OUT_DIR [--copy-images]
+    python -m utils.dataset subset SRC.json OUT.json --classes motorcycle,car,bus,truck [--keep-empty] [--overwrite]
+    python -m utils.dataset split SRC.json OUT_DIR (--val-fraction 0.2 | --folds 5) [--seed 0] [--overwrite]
+    python -m utils.dataset convert --to voc|yolo|coco DATA.yaml OUT_DIR [--copy-images] [--overwrite]
     python -m utils.dataset show DATA.yaml --config C [--out grid.png] [--count 16]
 
 check: prints per-class box counts, a COCO box-size histogram and every problem found (missing
 or unreadable image, box outside the image, zero or negative size, unknown class, malformed
-entry) with its file and annotation id / object / line; exits 1 when there are problems.
+entry) with its file and annotation id / object / line; exits 1 when there are problems. It also
+warns (one line each) about image paths in the annotations that leave the dataset root.
 subset: a COCO json restricted to some classes (ids remapped to 1..K in the order given),
 images without them dropped unless --keep-empty. split: OUT_DIR/train.json and val.json, or
 OUT_DIR/fold{k}_train.json and fold{k}_val.json, deterministic for a --seed. convert: every split
 in another format plus OUT_DIR/data.yaml (images symlinked, or copied). show: a grid of augmented
 training samples with their boxes, as the config's training loader makes them.
+
+subset, split and convert never write over their input (an output that is, resolves to or would
+clobber a source file or folder is refused) and replace an existing output only with --overwrite.
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output COCO json")
     p.add_argument("--classes", required=True, help="comma-separated category names, e.g. car,bus,truck")
     p.add_argument("--keep-empty", action="store_true", help="keep images without any of these classes")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
     p = sub.add_parser("split", help="train/val or K-fold splits of a COCO json")
     p.add_argument("src", help="COCO json")
@@ -47,12 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--val-fraction", type=float, help="fraction of images for val, e.g. 0.2")
     g.add_argument("--folds", type=int, help="number of cross-validation folds")
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace split files that exist in OUT_DIR")
 
     p = sub.add_parser("convert", help="write a dataset in another format")
     p.add_argument("--to", required=True, choices=("coco", "voc", "yolo"), help="target format")
     p.add_argument("data", help="dataset YAML")
     p.add_argument("out_dir", help="output folder (gets data.yaml, images/, annotations/ or labels/)")
     p.add_argument("--copy-images", action="store_true", help="copy images instead of symlinking them")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier convert in OUT_DIR")
 
     p = sub.add_parser("show", help="save a grid of augmented training samples with their boxes")
     p.add_argument("data", help="dataset YAML")
@@ -78,6 +85,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _check_outputs(outputs: list[Path], src: Path, overwrite: bool, hint: str) -> None:
+    """Refuse an output that is (or resolves to) ``src``, and an existing one unless ``overwrite``."""
+    from core.data.records import DatasetError
+    from core.output_paths import refuse_existing, refuse_inputs
+
+    refuse_inputs(outputs, [src], hint, DatasetError)
+    refuse_existing(outputs, overwrite, hint, DatasetError)
+
+
 def _write_json(data: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
@@ -89,6 +105,7 @@ def cmd_subset(args: argparse.Namespace) -> int:
 
     src = Path(args.src)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    _check_outputs([Path(args.out)], src, args.overwrite, "write OUT to another file")
     out = subset_coco(load_coco_json(src), classes, args.keep_empty, str(src))
     _write_json(out, Path(args.out))
     cats = ", ".join(f"{c['id']}={c['name']}" for c in out["categories"])
@@ -109,6 +126,8 @@ def cmd_split(args: argparse.Namespace) -> int:
     else:
         train, val = split_coco(data, args.val_fraction, args.seed)
         named = [("train.json", train), ("val.json", val)]
+    _check_outputs([out_dir / name for name, _ in named], Path(args.src), args.overwrite,
+                   "choose another OUT_DIR")
     for name, part in named:
         _write_json(part, out_dir / name)
         print(f"{out_dir / name}: {len(part['images'])} images, {len(part['annotations'])} annotations")
@@ -121,7 +140,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from core.data.spec import load_dataset_spec
 
     spec = load_dataset_spec(args.data)
-    result = convert_dataset(spec, args.to, Path(args.out_dir), "copy" if args.copy_images else "link")
+    result = convert_dataset(spec, args.to, Path(args.out_dir), "copy" if args.copy_images else "link",
+                             overwrite=args.overwrite)
     for split in result.images:
         note = (f"; {result.not_carried[split]} crowd/difficult annotations not carried over"
                 if result.not_carried[split] else "")

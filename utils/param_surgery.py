@@ -2,7 +2,7 @@
 
     python -m utils.param_surgery IN OUT [--strip-head] [--keep-classes car,bus,...]
         [--from auto|detlab|timm|torchvision|lukemelas|effdet|mxnet] [--format torch|mxnet]
-        [--config C] [--arch TIMM_NAME] [--verbose]
+        [--config C] [--arch TIMM_NAME] [--verbose] [--overwrite]
 
 IN is a weights file (a DetLab checkpoint, any ``torch.save`` state dict, ``.safetensors``, an MXNet
 ``.params`` file) or ``pkg:MODULE/PATH`` (a file inside an installed package). What it does:
@@ -23,7 +23,8 @@ IN is a weights file (a DetLab checkpoint, any ``torch.save`` state dict, ``.saf
   DetLab checkpoint stays one (model and EMA weights, class names, config; the optimizer state
   is dropped), anything else is written as a plain state dict.
 
-Everything kept, removed and renamed is printed.
+Everything kept, removed and renamed is printed. OUT is never IN (nor a path resolving to it), and
+an existing OUT is replaced only with ``--overwrite``.
 """
 from __future__ import annotations
 
@@ -176,6 +177,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", help="DetLab config giving the target structure (effdet, torchvision, lukemelas)")
     parser.add_argument("--arch", help="timm model name giving the target backbone structure")
     parser.add_argument("--verbose", action="store_true", help="list every renamed and removed tensor")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (never IN)")
     add_allow_pickle(parser)
     return parser.parse_args(argv)
 
@@ -245,10 +247,24 @@ def write(args: argparse.Namespace, wf: WeightsFile, results: dict[str, dict[str
     print(f"wrote {out}: state dict, {len(results['weights'])} tensors")
 
 
+def check_output(args: argparse.Namespace) -> None:
+    """Refuse an OUT that is (or resolves to) IN, and an existing OUT unless ``--overwrite``."""
+    from core.convert.weights_file import WeightsFileError, resolve_weights_path
+    from core.output_paths import refuse_existing, refuse_inputs
+
+    try:
+        source = resolve_weights_path(args.input)
+    except WeightsFileError:
+        return  # a missing IN is reported by run()
+    refuse_inputs([args.output], [source], "write OUT to another file")
+    refuse_existing([args.output], args.overwrite, "choose another OUT")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the tool; 0 on success, 2 with a one-line ``error:`` on stderr for a bad file or option."""
     args = parse_args(argv)
     try:
+        check_output(args)
         run(args)
     except (CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

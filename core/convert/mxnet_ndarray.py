@@ -21,6 +21,7 @@ byte-for-byte what ``mx.nd.save(path, {name: array})`` writes for the same dict.
 """
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 
@@ -49,60 +50,109 @@ def is_ndarray_file(path: str | Path) -> bool:
     return len(head) == 16 and struct.unpack("<QQ", head) == (LIST_MAGIC, 0)
 
 
+MAX_NDIM = 32            # numpy 1's limit, which MXNet 1.x shares; more is not a real array
+MIN_ARRAY_BYTES = 20     # the smallest array record (pre-V1: ndim, one uint32 dim, context, type flag)
+
+
 class _Reader:
+    """A cursor over the file's bytes that only moves forwards and never reads past the end."""
+
     def __init__(self, data: bytes, path: Path):
         self.data, self.pos, self.path = data, 0, path
 
+    @property
+    def left(self) -> int:
+        return len(self.data) - self.pos
+
+    def error(self, message: str, at: int | None = None) -> MXNetFormatError:
+        return MXNetFormatError(f"{self.path}: at byte {self.pos if at is None else at}: {message}")
+
     def take(self, fmt: str) -> tuple:
         size = struct.calcsize(fmt)
-        if self.pos + size > len(self.data):
+        if size > self.left:
             raise MXNetFormatError(f"{self.path}: truncated at byte {self.pos} (needs {size} more bytes); "
                                    "the file is incomplete, save it again")
         values = struct.unpack_from(fmt, self.data, self.pos)
         self.pos += size
         return values
 
-    def raw(self, size: int) -> bytes:
-        if self.pos + size > len(self.data):
+    def raw(self, size: int) -> memoryview:
+        if size < 0:
+            raise self.error(f"negative length {size}; the file is corrupt")
+        if size > self.left:
             raise MXNetFormatError(f"{self.path}: truncated at byte {self.pos} (array data needs {size} bytes, "
-                                   f"{len(self.data) - self.pos} left); the file is incomplete, save it again")
-        out = self.data[self.pos:self.pos + size]
+                                   f"{self.left} left); the file is incomplete, save it again")
+        out = memoryview(self.data)[self.pos:self.pos + size]  # no copy: the caller copies what it keeps
         self.pos += size
         return out
 
 
+def _check_ndim(r: _Reader, ndim: int, dim_size: int, where: str, at: int) -> None:
+    if ndim > MAX_NDIM or ndim * dim_size > r.left:
+        raise MXNetFormatError(f"{where}: ndim {ndim} at byte {at} is implausible (at most {MAX_NDIM}, and no more "
+                               f"dimensions than the {r.left} bytes left can hold); the file is corrupt")
+
+
+def _read_shape(r: _Reader, ndim: int, fmt: str, where: str) -> tuple[tuple[int, ...], int]:
+    """``(shape, byte offset of its first dimension)``; every dimension checked to be plausible."""
+    at = r.pos
+    shape = r.take(f"<{ndim}{fmt}") if ndim else ()
+    if any(d < 0 for d in shape):
+        raise MXNetFormatError(f"{where}: negative dimension in shape {shape} at byte {at}; the file is corrupt")
+    # No dimension of a real array is larger than the file (a zero-size array's other dims included).
+    if any(d > len(r.data) for d in shape):
+        raise MXNetFormatError(f"{where}: shape {shape} at byte {at} has a dimension larger than the whole file "
+                               f"({len(r.data)} bytes); the file is corrupt")
+    return shape, at
+
+
 def _read_array(r: _Reader, index: int) -> np.ndarray:
+    start = r.pos
     (magic,) = r.take("<I")
-    where = f"{r.path}: array #{index}"
+    where = f"{r.path}: array #{index} at byte {start}"
     if magic in (V2_MAGIC, V3_MAGIC):
         (stype,) = r.take("<i")
         if stype != 0:
             raise MXNetFormatError(f"{where} has sparse storage type {stype}; only dense arrays are supported: "
                                    "convert with .tostype('default') before mx.nd.save")
+        at = r.pos
         (ndim,) = r.take("<i")
         if ndim < 0 or (ndim == 0 and magic == V2_MAGIC):
-            raise MXNetFormatError(f"{where} is an uninitialised NDArray (no shape); remove it before saving")
-        shape = r.take(f"<{ndim}q") if ndim else ()
+            raise MXNetFormatError(f"{where} is an uninitialised NDArray (no shape: ndim {ndim} at byte {at}); "
+                                   "remove it before saving")
+        _check_ndim(r, ndim, 8, where, at)
+        shape, shape_at = _read_shape(r, ndim, "q", where)
     elif magic == V1_MAGIC:
+        at = r.pos
         (ndim,) = r.take("<I")
-        shape = r.take(f"<{ndim}q")
+        _check_ndim(r, ndim, 8, where, at)
+        shape, shape_at = _read_shape(r, ndim, "q", where)
         if ndim == 0:
             raise MXNetFormatError(f"{where} is an uninitialised NDArray (no shape); remove it before saving")
     else:  # pre-V1: the word read is ndim, dims are uint32
         ndim = magic
-        if ndim > 32:
+        if ndim > MAX_NDIM:
             raise MXNetFormatError(f"{where}: unknown NDArray magic 0x{magic:08X}; not an MXNet .params file")
-        shape = r.take(f"<{ndim}I")
+        shape, shape_at = _read_shape(r, ndim, "I", where)
         if ndim == 0:
             raise MXNetFormatError(f"{where} is an uninitialised NDArray (no shape); remove it before saving")
     r.take("<ii")  # context: dev_type, dev_id (arrays are always read to the CPU)
+    at = r.pos
     (flag,) = r.take("<i")
     if flag not in DTYPES:
-        raise MXNetFormatError(f"{where}: unsupported mshadow type flag {flag} (known: {sorted(DTYPES)}); "
-                               "cast the array to float32 before saving")
+        raise MXNetFormatError(f"{where}: unsupported mshadow type flag {flag} at byte {at} (known: "
+                               f"{sorted(DTYPES)}); cast the array to float32 before saving")
     dtype = DTYPES[flag]
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    return np.frombuffer(r.raw(count * dtype.itemsize), dtype=dtype).reshape(shape).copy()
+    size = math.prod(shape) * dtype.itemsize  # Python ints: no int64 overflow
+    if size > r.left:
+        raise MXNetFormatError(f"{where}: shape {shape} at byte {shape_at} of {dtype} needs {size} bytes of data, "
+                               f"only {r.left} are left after byte {r.pos}; the file is truncated or corrupt")
+    data = np.frombuffer(r.raw(size), dtype=dtype)
+    try:
+        return data.reshape(shape).copy()
+    except ValueError as err:  # e.g. a zero-size array whose other dimensions multiply past numpy's limit
+        raise MXNetFormatError(f"{where}: shape {shape} at byte {shape_at} is not a valid numpy shape ({err}); "
+                               "the file is corrupt") from None
 
 
 def read_ndarray_file(path: str | Path) -> dict[str, np.ndarray]:
@@ -111,27 +161,45 @@ def read_ndarray_file(path: str | Path) -> dict[str, np.ndarray]:
     Names are as stored (SimpleDet / GluonCV files: ``arg:conv0_weight``, ``aux:bn0_moving_mean``);
     a file saved from a list (no names) gives ``"0"``, ``"1"``, ... Arrays keep their dtype and
     shape (``[out, in, kh, kw]`` for convolution weights, the same order as PyTorch).
+
+    Any malformed content (truncation, negative or oversized dimensions, counts or lengths the
+    file cannot hold, bad names) raises :class:`MXNetFormatError` naming the file and the byte
+    offset; the reader only moves forwards and never allocates more than the file's size.
     """
     path = Path(path)
     r = _Reader(path.read_bytes(), path)
     magic, _reserved = r.take("<QQ")
     if magic != LIST_MAGIC:
-        raise MXNetFormatError(f"{path}: not an MXNet NDArray file (magic 0x{magic:X}, expected 0x112)")
+        raise MXNetFormatError(f"{path}: not an MXNet NDArray file (magic 0x{magic:X} at byte 0, expected 0x112)")
+    at = r.pos
     (count,) = r.take("<Q")
+    if count > max(r.left - 8, 0) // MIN_ARRAY_BYTES:  # each array takes >= 20 bytes, the name count 8
+        raise r.error(f"array count {count} is more than the {r.left} bytes left could hold; the file is corrupt", at)
     arrays = [_read_array(r, i) for i in range(count)]
+    at = r.pos
     (num_names,) = r.take("<Q")
     if num_names not in (0, count):
-        raise MXNetFormatError(f"{path}: {num_names} names for {count} arrays; the file is corrupt")
-    names = []
-    for _ in range(num_names):
+        raise r.error(f"{num_names} names for {count} arrays; the file is corrupt", at)
+    names, names_at = [], r.pos
+    for i in range(num_names):
+        at = r.pos
         (length,) = r.take("<Q")
-        names.append(r.raw(length).decode("utf-8"))
+        if length > r.left:
+            raise r.error(f"name #{i} claims {length} bytes, {r.left} are left; the file is truncated or corrupt", at)
+        try:
+            names.append(bytes(r.raw(length)).decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise r.error(f"name #{i} is not UTF-8 ({err.reason} at its byte {err.start}); the file is corrupt",
+                          at) from None
     if r.pos != len(r.data):
-        raise MXNetFormatError(f"{path}: {len(r.data) - r.pos} unexpected bytes after the names; the file is corrupt")
+        raise r.error(f"{len(r.data) - r.pos} unexpected bytes after the names; the file is corrupt")
     if not names:
         names = [str(i) for i in range(count)]
-    if len(set(names)) != len(names):
-        raise MXNetFormatError(f"{path}: duplicate array names; the file is corrupt")
+    seen: set[str] = set()
+    duplicate = next((n for n in names if n in seen or seen.add(n)), None)
+    if duplicate is not None:
+        raise MXNetFormatError(f"{path}: duplicate array name {duplicate!r} (names from byte {names_at}); "
+                               "the file is corrupt")
     return dict(zip(names, arrays))
 
 

@@ -8,6 +8,9 @@ refuses a broken dataset with the report, or drops the spoiled records when aske
 """
 from __future__ import annotations
 
+import json
+import os
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -35,7 +38,8 @@ class SplitReport:
     """What the check found in one split.
 
     ``records``: every record the reader could build (bad boxes already left out);
-    ``problems``: every problem, in reading order.
+    ``problems``: every problem, in reading order; ``warnings``: one line per image path of the
+    annotations that leaves the dataset root (:func:`paths_leaving_root`), no problem by itself.
     """
 
     split: str
@@ -43,6 +47,7 @@ class SplitReport:
     class_names: list[str]
     records: list[ImageRecord]
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def bad_images(self, ignore_kinds: Iterable[str] = ()) -> set[str]:
         """Absolute paths of images named by a problem (of a kind not in ``ignore_kinds``)."""
@@ -111,12 +116,20 @@ class CheckReport:
                 lines.append(f"  [{s.split}] {p.kind}: {p}")
         return "\n".join(lines)
 
+    @property
+    def warnings(self) -> list[str]:
+        return [w for s in self.splits.values() for w in s.warnings]
+
     def format(self) -> str:
-        """The full report: dataset line, each split's tables, then every problem (or 'no problems')."""
+        """The full report: dataset line, each split's tables, then every problem (or 'no problems')
+        and every warning."""
         head = (f"dataset {self.spec.path}: format {self.spec.format}, {self.spec.num_classes} classes "
                 f"({', '.join(self.spec.class_names)}), splits {', '.join(self.splits)}")
         parts = [head] + [s.format() for s in self.splits.values()]
         parts.append(self.format_problems() if self.problems else "no problems found")
+        if self.warnings:
+            parts.append(f"warnings: {len(self.warnings)}")
+            parts += [f"  [{s.split}] {w}" for s in self.splits.values() for w in s.warnings]
         return "\n".join(parts)
 
 
@@ -125,16 +138,67 @@ def _source(spec: DatasetSpec, split: str) -> str:
     return f"images {s.images}, {'labels' if spec.format == 'yolo' else 'annotations'} {s.annotations}"
 
 
-def check_dataset(spec: DatasetSpec, splits: Sequence[str] | None = None, decode: bool = False) -> CheckReport:
+def _leaves(path: str, folders: Sequence[str]) -> bool:
+    return not any(path == f or path.startswith(f.rstrip(os.sep) + os.sep) for f in folders)
+
+
+def paths_leaving_root(spec: DatasetSpec, split: str) -> list[str]:
+    """One warning line per image path written in the split's annotations (COCO ``file_name``,
+    VOC ``<filename>``) that leaves the dataset root: ``..`` parts or an absolute path taking it
+    outside both ``root`` and the split's image folder. Judged on the path as written (symbolic
+    links inside the root, as ``convert`` makes, are fine). YOLO pairs files found in the image
+    folder, so it has none. Files the readers cannot parse are left to their problems."""
+    s = spec.splits[split]
+    folders = [os.path.normpath(spec.root), os.path.normpath(s.images)]
+    fix = "keep the images under the root, or fix the path"
+
+    def outside(name: str) -> str | None:
+        path = os.path.normpath(os.path.join(s.images, name))
+        return path if _leaves(path, folders) else None
+
+    lines: list[str] = []
+    if spec.format == "coco":
+        try:
+            images = json.loads(s.annotations.read_text()).get("images")
+        except (OSError, ValueError, AttributeError):
+            return []
+        for i, im in enumerate(images if isinstance(images, list) else []):
+            if isinstance(im, dict) and isinstance(im.get("file_name"), str):
+                target = outside(im["file_name"])
+                if target:
+                    where = f"image id {im['id']}" if "id" in im else f"images[{i}]"
+                    lines.append(f"{s.annotations}: {where}: file_name '{im['file_name']}' leaves the dataset root "
+                                 f"{spec.root} (it points to {target}); {fix}")
+    elif spec.format == "voc" and s.annotations.is_dir():
+        xmls = sorted(s.annotations.glob("*.xml"))
+        if s.list is not None and s.list.is_file():
+            wanted = {line.split()[0] for line in s.list.read_text().splitlines() if line.strip()}
+            xmls = [p for p in xmls if p.stem in wanted]
+        for xml_path in xmls:
+            try:
+                name = (ET.parse(xml_path).getroot().findtext("filename") or "").strip()
+            except (ET.ParseError, OSError):
+                continue
+            target = outside(name) if name else None
+            if target:
+                lines.append(f"{xml_path}: <filename> '{name}' leaves the dataset root {spec.root} "
+                             f"(it points to {target}); {fix}")
+    return lines
+
+
+def check_dataset(spec: DatasetSpec, splits: Sequence[str] | None = None, decode: bool = False,
+                  path_warnings: bool = True) -> CheckReport:
     """Read ``splits`` (default: all of the spec's) collecting every problem; images are opened
     to check they can be read and have the annotated size (``decode``: decode all pixels, which
-    also finds truncated files; otherwise headers only)."""
+    also finds truncated files; otherwise headers only). ``path_warnings``: also list the image
+    paths that leave the dataset root (:func:`paths_leaving_root`; the annotations are read again)."""
     names = list(splits) if splits is not None else list(spec.splits)
     reports: dict[str, SplitReport] = {}
     for name in names:
         problems: list[Problem] = []
         records = read_split(spec, name, problems, decode)
-        reports[name] = SplitReport(name, _source(spec, name), list(spec.class_names), records, problems)
+        warnings = paths_leaving_root(spec, name) if path_warnings else []
+        reports[name] = SplitReport(name, _source(spec, name), list(spec.class_names), records, problems, warnings)
     return CheckReport(spec, reports)
 
 
@@ -153,7 +217,7 @@ def load_checked_records(spec: DatasetSpec, splits: Sequence[str], skip_bad_reco
     for name in splits:
         if name not in spec.splits and name not in optional:
             raise DatasetError(f"{spec.path}: no split '{name}'; available: {', '.join(spec.splits)}")
-    report = check_dataset(spec, [s for s in splits if s in spec.splits])
+    report = check_dataset(spec, [s for s in splits if s in spec.splits], path_warnings=False)
     ignore = (UNREADABLE_IMAGE,) if skip_bad_images else ()
     fatal = [p for p in report.problems if p.kind not in ignore]
     notes: list[str] = []

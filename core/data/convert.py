@@ -21,6 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
+from core.output_paths import real, refuse_existing, refuse_inputs
+
 from .records import DatasetError, ImageRecord
 from .spec import DatasetSpec, FORMATS, read_split
 
@@ -151,45 +153,106 @@ def ignored_annotations(spec: DatasetSpec, split: str) -> int:
     return 0
 
 
-def convert_dataset(spec: DatasetSpec, to: str, out_dir: Path, images: str = "link") -> ConversionResult:
+def _annotation_folder(out_dir: Path, to: str, split: str) -> tuple[Path, str]:
+    """Where a voc / yolo conversion writes a split's xml / txt files, and their suffix."""
+    return (out_dir / "annotations" / split, ".xml") if to == "voc" else (out_dir / "labels" / split, ".txt")
+
+
+def _source_paths(spec: DatasetSpec, records: dict[str, list[ImageRecord]]) -> tuple[list[Path], list[Path]]:
+    """``(files, folders)`` a conversion reads: the YAML, annotation files (and every xml / txt of
+    an annotation folder), id lists, every image; the image and annotation folders."""
+    files: list[Path] = [spec.path]
+    folders: list[Path] = []
+    for split, s in spec.splits.items():
+        folders.append(s.images)
+        if s.annotations.is_dir():
+            folders.append(s.annotations)
+            files += [p for p in s.annotations.iterdir() if p.suffix in (".xml", ".txt")]
+        else:
+            files.append(s.annotations)
+        if s.list is not None:
+            files.append(s.list)
+        files += [Path(r.file_name) for r in records[split]]
+    return files, folders
+
+
+def _check_outputs(spec: DatasetSpec, records: dict[str, list[ImageRecord]], names: dict[str, list[str]],
+                   to: str, out_dir: Path, overwrite: bool) -> None:
+    """Refuse (one-line :class:`DatasetError`) an output that would land on the source, and, unless
+    ``overwrite``, any output that exists already. Nothing is written before this passes."""
+    files, folders = _source_paths(spec, records)
+    fix = "choose an OUT_DIR outside the source dataset (e.g. a new folder)"
+    out_folders, out_files, images_out = [], [out_dir / "data.yaml"], []
+    stale: list[Path] = []
+    for split in records:
+        image_dir = out_dir / "images" / split
+        out_folders.append(image_dir)
+        images_out += [image_dir / n for n in names[split]]
+        if to == "coco":
+            out_files.append(out_dir / "annotations" / f"{split}.json")
+        else:
+            ann, suffix = _annotation_folder(out_dir, to, split)
+            out_folders.append(ann)
+            out_files += [ann / f"{Path(n).stem}{suffix}" for n in names[split]]
+            if ann.is_dir():  # an earlier run's files there are replaced (with --overwrite)
+                stale += [p for p in ann.iterdir() if p.suffix == suffix]
+    # an output folder holding a source folder or file: writing there would clobber it
+    real_out = {real(f): f for f in out_folders}
+    for source in folders + files:
+        rp = real(source)
+        folder = next((real_out[a] for a in (rp, *rp.parents) if a in real_out), None)
+        if folder is not None:
+            raise DatasetError(f"{folder}: this output folder {'is' if rp == real(folder) else 'holds'} the "
+                               f"source's {source}; converting into it would overwrite the source: {fix}")
+    # an output file that is (or resolves to) a source file; a symbolic link among the images is an
+    # earlier run's link to its picture, which is replaced, never written through
+    refuse_inputs(out_files + [p for p in images_out if not p.is_symlink()], files, fix, DatasetError)
+    refuse_existing(list(dict.fromkeys(out_files + images_out + stale)), overwrite,
+                    "choose another OUT_DIR (outputs of an earlier convert?)", DatasetError)
+
+
+def convert_dataset(spec: DatasetSpec, to: str, out_dir: Path, images: str = "link",
+                    overwrite: bool = False) -> ConversionResult:
     """Write every split of ``spec`` in format ``to`` (coco | voc | yolo) under ``out_dir``:
     ``images/<split>/`` (the pictures, symlinked or copied as ``images`` says), the annotations
     (``annotations/<split>.json``, ``annotations/<split>/*.xml`` or ``labels/<split>/*.txt``) and
     ``data.yaml`` describing them with the class names. Source splits are read strictly, so a
-    broken dataset stops with the reader's error (run ``utils.dataset check`` first)."""
+    broken dataset stops with the reader's error (run ``utils.dataset check`` first).
+
+    Nothing of the source is ever written over: an output that is, resolves to or would clobber
+    a source file or folder raises :class:`DatasetError` before anything is written. Outputs that
+    exist already (an earlier conversion) are replaced only with ``overwrite`` (``--overwrite``),
+    and then only those: of an existing xml / txt folder just its ``.xml`` / ``.txt`` files go."""
     if to not in FORMATS:
         raise DatasetError(f"unknown target format '{to}'; use one of {', '.join(FORMATS)}")
     if images not in ("link", "copy"):
         raise DatasetError(f"images must be 'link' or 'copy', got '{images}'")
     out_dir = Path(out_dir).resolve()
+    records = {split: read_split(spec, split) for split in spec.splits}
+    names = {split: _unique_names(recs) for split, recs in records.items()}
+    _check_outputs(spec, records, names, to, out_dir, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     desc: dict[str, Any] = {"format": to, "root": ".", "classes": list(spec.class_names)}
     n_images, n_boxes, not_carried = {}, {}, {}
     for split in spec.splits:
-        records = read_split(spec, split)
-        names = _unique_names(records)
-        _place_images(records, names, out_dir / "images" / split, images)
+        recs, split_names = records[split], names[split]
+        _place_images(recs, split_names, out_dir / "images" / split, images)
         if to == "coco":
-            write_coco(records, names, spec.class_names, spec.category_ids, out_dir / "annotations" / f"{split}.json")
+            write_coco(recs, split_names, spec.class_names, spec.category_ids,
+                       out_dir / "annotations" / f"{split}.json")
             desc[split] = {"images": f"images/{split}", "annotations": f"annotations/{split}.json"}
-        elif to == "voc":
-            ann = out_dir / "annotations" / split
-            if ann.is_dir():
-                shutil.rmtree(ann)
-            ann.mkdir(parents=True)
-            for rec, name in zip(records, names):
-                (ann / f"{Path(name).stem}.xml").write_text(voc_xml(rec, name, spec.class_names))
-            desc[split] = {"images": f"images/{split}", "annotations": f"annotations/{split}"}
         else:
-            labels = out_dir / "labels" / split
-            if labels.is_dir():
-                shutil.rmtree(labels)
-            labels.mkdir(parents=True)
-            for rec, name in zip(records, names):
-                (labels / f"{Path(name).stem}.txt").write_text(yolo_txt(rec))
-            desc[split] = {"images": f"images/{split}", "labels": f"labels/{split}"}
-        n_images[split] = len(records)
-        n_boxes[split] = int(sum(len(r.boxes) for r in records))
+            folder, suffix = _annotation_folder(out_dir, to, split)
+            folder.mkdir(parents=True, exist_ok=True)
+            for old in [p for p in folder.iterdir() if p.suffix == suffix]:
+                old.unlink()  # an earlier run's (checked above: only with overwrite)
+            for rec, name in zip(recs, split_names):
+                text = voc_xml(rec, name, spec.class_names) if to == "voc" else yolo_txt(rec)
+                (folder / f"{Path(name).stem}{suffix}").write_text(text)
+            key = "annotations" if to == "voc" else "labels"
+            desc[split] = {"images": f"images/{split}", key: f"{key}/{split}"}
+        n_images[split] = len(recs)
+        n_boxes[split] = int(sum(len(r.boxes) for r in recs))
         not_carried[split] = ignored_annotations(spec, split)
     yaml_path = out_dir / "data.yaml"
     header = f"# Converted from {spec.path} ({spec.format}) by python -m utils.dataset convert --to {to}\n"

@@ -266,16 +266,23 @@ def read_split(spec: DatasetSpec, split: str, problems: list[Problem] | None = N
 
 
 def _ensure_data(spec: DatasetSpec, split: str | None) -> None:
-    """Run the configured synthesizer when the split's (or any split's) annotations are missing."""
+    """Run the configured synthesizer when the split's (or any split's) annotations are missing.
+    It writes only into a folder of its own (see :func:`core.data.synthetic.synthesize_shapes`):
+    a ``root`` holding anything else, e.g. real data under a copied demo YAML, is refused."""
     if not spec.synthesize:
         return
     splits = [spec.splits[split]] if split else list(spec.splits.values())
     if all(s.annotations.exists() for s in splits):
         return
-    from .synthetic import synthesize_shapes
+    from .synthetic import SyntheticRootError, synthesize_shapes
 
     cfg = spec.synthesize
-    synthesize_shapes(spec.root, cfg["train_images"], cfg["val_images"], cfg["image_size"], cfg["seed"])
+    try:
+        synthesize_shapes(spec.root, cfg["train_images"], cfg["val_images"], cfg["image_size"], cfg["seed"])
+    except SyntheticRootError as err:
+        raise DatasetError(f"{spec.path}: field 'synthesize' would write the demo shapes into 'root' {spec.root}, "
+                           f"but {err}; if that is your own data, remove the 'synthesize:' line, otherwise point "
+                           f"'root' at an empty or new folder") from None
     for s in splits:
         if not s.annotations.exists():
             raise DatasetError(f"{spec.path}: 'synthesize' wrote {spec.root}/annotations/{{train,val}}.json "

@@ -8,14 +8,19 @@ cross (orange). 1-6 objects per image, box sides from 12 px to 45% of the image 
 from __future__ import annotations
 
 import colorsys
+import contextlib
+import hashlib
 import json
 import math
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .records import DatasetError
 
 CLASSES = ("circle", "square", "triangle", "cross")
 HUES = (0.0, 0.33, 0.62, 0.08)
@@ -24,6 +29,9 @@ MAX_SIDE_FRAC = 0.45
 MAX_IOU = 0.3
 MAX_COVER = 0.5  # also reject if the overlap covers more than this much of the smaller box
 JPEG_QUALITY = 90
+MARKER = ".detlab-synthetic"   # written into a folder synthesize_shapes created; lists what it wrote
+WRITTEN_BY = "DetLab core.data.synthetic.synthesize_shapes"
+SYNTH_DIRS = ("images", "images/train", "images/val", "annotations")
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -133,28 +141,156 @@ def _write_split(out: Path, split: int, name: str, count: int, size: int, seed: 
         json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
 
 
+class SyntheticRootError(DatasetError):
+    """The folder given to :func:`synthesize_shapes` holds something DetLab did not write there."""
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_marker(root: Path) -> dict | None:
+    """The marker's content, or ``None`` when ``root`` has no marker."""
+    marker = root / MARKER
+    if not marker.exists() and not marker.is_symlink():
+        return None
+    try:
+        if marker.is_symlink() or not marker.is_file():
+            raise ValueError("not a plain file")
+        info = json.loads(marker.read_text())
+        if not (isinstance(info, dict) and info.get("written_by") == WRITTEN_BY
+                and isinstance(info.get("files"), dict)):
+            raise ValueError("not a DetLab marker")
+    except (OSError, ValueError) as err:
+        raise SyntheticRootError(f"{marker} is not a marker DetLab wrote ({err}), so {root} is not a folder "
+                                 "DetLab synthesized") from None
+    return info
+
+
+def _listed(info: dict) -> dict[str, set[str]]:
+    """Every file a marker accounts for, with the SHA-256 values it may have: ``files`` (what the
+    last run wrote) and, while a run replaces them, ``replacing`` (what the run before wrote)."""
+    listed: dict[str, set[str]] = {}
+    for key in ("replacing", "files"):
+        for rel, digest in (info.get(key) or {}).items():
+            listed.setdefault(str(rel), set()).add(str(digest))
+    return listed
+
+
+def _foreign_entries(root: Path, files: dict[str, set[str]]) -> list[str]:
+    """Entries under ``root`` that the marker (``files``: relative path -> the SHA-256 values it
+    may have) does not account for: unlisted files or folders, links, files whose content changed."""
+    foreign = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        for name in sorted(dirnames):
+            rel = (here / name).relative_to(root).as_posix()
+            if (here / name).is_symlink() or rel not in SYNTH_DIRS:
+                foreign.append(rel + "/")
+        dirnames[:] = sorted(d for d in dirnames if not (here / d).is_symlink() and
+                             (here / d).relative_to(root).as_posix() in SYNTH_DIRS)
+        for name in sorted(filenames):
+            path = here / name
+            rel = path.relative_to(root).as_posix()
+            if rel in (MARKER, MARKER + ".tmp"):
+                continue
+            if path.is_symlink() or not path.is_file() or rel not in files:
+                foreign.append(rel)
+            elif _sha256(path) not in files[rel]:
+                foreign.append(f"{rel} (changed since DetLab wrote it)")
+    return foreign
+
+
+def _write_marker(root: Path, info: dict) -> None:
+    tmp = root / f"{MARKER}.tmp"
+    tmp.write_text(json.dumps(info, indent=0, sort_keys=True) + "\n")
+    os.replace(tmp, root / MARKER)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    """An exclusive lock on ``folder`` (flock on the directory itself: no lock file), so that
+    processes started together (torchrun ranks) synthesize one after the other."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _claim(root: Path) -> None:
+    """Refuse ``root`` unless it is missing, empty or marked by DetLab; create it if missing."""
+    if root.is_symlink() and not root.exists():
+        raise SyntheticRootError(f"{root} is a broken symbolic link, not a folder DetLab synthesized")
+    if root.exists() and not root.is_dir():
+        raise SyntheticRootError(f"{root} is a file, not a folder DetLab synthesized")
+    if root.is_dir() and _read_marker(root) is None and any(p.name != MARKER + ".tmp" for p in root.iterdir()):
+        shown = sorted(p.name for p in root.iterdir() if p.name != MARKER + ".tmp")[:3]
+        raise SyntheticRootError(f"{root} is not a folder DetLab synthesized (no {MARKER} marker) and is not "
+                                 f"empty (it holds {', '.join(shown)}{', ...' if len(shown) == 3 else ''})")
+    root.mkdir(parents=True, exist_ok=True)
+
+
 def synthesize_shapes(root: Path, train_images: int, val_images: int, image_size: int, seed: int) -> Path:
     """Write the shapes data set: ``root/images/{train,val}/*.jpg`` (JPEG quality 90, square
     ``image_size`` px) and ``root/annotations/{train,val}.json`` (COCO, bbox ``xywh`` pixels,
-    category ids 1..4). Byte-identical for equal arguments. Everything is generated in a
-    temporary sibling folder first and moved in afterwards, annotation files last, so an
-    interrupted run never leaves a json describing missing images. Returns ``root``."""
+    category ids 1..4). Byte-identical for equal arguments. Returns ``root``.
+
+    It writes only into a folder it owns: ``root`` must be missing or empty (it is then created
+    and marked with a ``.detlab-synthetic`` file listing every file written, with its SHA-256),
+    or marked so by an earlier call. A folder holding anything else, a file added or a written
+    one changed, raises :class:`SyntheticRootError` and nothing is touched; only files the marker
+    lists are ever deleted. A complete earlier run with the same arguments is kept as it is.
+    Everything is generated in a new temporary sibling folder first and moved in afterwards,
+    annotation files last, so an interrupted run never leaves a json describing missing images.
+    """
     root = Path(root).resolve()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _write_split(tmp, 0, "train", train_images, image_size, seed, first_id=1)
-        _write_split(tmp, 1, "val", val_images, image_size, seed, first_id=train_images + 1)
-        (root / "images").mkdir(parents=True, exist_ok=True)
-        (root / "annotations").mkdir(exist_ok=True)
-        for name in ("train", "val"):
-            (root / "annotations" / f"{name}.json").unlink(missing_ok=True)
-        for name in ("train", "val"):
-            shutil.rmtree(root / "images" / name, ignore_errors=True)
-            os.replace(tmp / "images" / name, root / "images" / name)
-        for name in ("train", "val"):
-            os.replace(tmp / "annotations" / f"{name}.json", root / "annotations" / f"{name}.json")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    params = {"kind": "shapes", "train_images": train_images, "val_images": val_images,
+              "image_size": image_size, "seed": seed}
+    _claim(root)
+    with _locked(root):
+        info = _read_marker(root)
+        if info is None:  # empty (checked again under the lock): claim it
+            _claim(root)  # raises if something appeared meanwhile
+            info = {"written_by": WRITTEN_BY, "complete": False, "params": params, "files": {}}
+            _write_marker(root, info)
+        listed = _listed(info)
+        foreign = _foreign_entries(root, listed)
+        if foreign:
+            raise SyntheticRootError(
+                f"{root} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} DetLab did not write "
+                f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}), so it would not regenerate "
+                "the synthetic data there")
+        if info.get("complete") and info.get("params") == params and all((root / f).is_file() for f in listed):
+            return root  # the same data is already there, every file as written
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))  # new: ours alone
+        try:
+            _write_split(tmp, 0, "train", train_images, image_size, seed, first_id=1)
+            _write_split(tmp, 1, "val", val_images, image_size, seed, first_id=train_images + 1)
+            new = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+            # the marker lists old and new files before any of them moves, so an interruption at
+            # any point leaves a folder whose every file the marker accounts for
+            old = {rel: _sha256(root / rel) for rel in listed if (root / rel).is_file()}  # checked above
+            _write_marker(root, {"written_by": WRITTEN_BY, "complete": False, "params": params, "files": new,
+                                 "replacing": old})
+            for rel in sorted(old, key=lambda f: not f.startswith("annotations/")):  # annotations first
+                (root / rel).unlink()
+            (root / "images").mkdir(exist_ok=True)
+            (root / "annotations").mkdir(exist_ok=True)
+            for name in ("train", "val"):
+                target = root / "images" / name
+                if target.is_dir():
+                    target.rmdir()  # empty now: every file in it was listed and is gone
+                os.replace(tmp / "images" / name, target)
+            for name in ("train", "val"):
+                os.replace(tmp / "annotations" / f"{name}.json", root / "annotations" / f"{name}.json")
+            _write_marker(root, {"written_by": WRITTEN_BY, "complete": True, "params": params, "files": new})
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return root

@@ -1,0 +1,66 @@
+"""Guards for the tools that write files (``utils.dataset convert / subset / split``,
+``utils.param_surgery``): an output never lands on an input, and an existing output is replaced
+only when the user passed ``--overwrite``.
+
+An output *is* an input when both paths resolve (symbolic links followed) to the same place, or
+name the same file (hard links); an output folder clobbers an input that lies inside it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+
+class OutputPathError(ValueError):
+    """An output path that would overwrite an input, or an existing file, without ``--overwrite``."""
+
+
+def real(path: str | Path) -> Path:
+    """``path`` absolute, ``~`` expanded and every symbolic link (the last part's too) resolved."""
+    return Path(os.path.realpath(os.path.expanduser(str(path))))
+
+
+def within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (both already :func:`real`)."""
+    return path == folder or folder in path.parents
+
+
+def _inode(path: str | Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)  # follows symbolic links
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def refuse_inputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path], hint: str,
+                  error: type[Exception] = OutputPathError) -> None:
+    """Raise ``error`` (one line: the output, the input and ``hint``, the fix) when an output file
+    is, or resolves to, one of the ``inputs`` (the same resolved path, or a hard link of it)."""
+    by_real: dict[Path, str | Path] = {}
+    by_inode: dict[tuple[int, int], str | Path] = {}
+    for p in inputs:
+        by_real.setdefault(real(p), p)
+        inode = _inode(p)
+        if inode is not None:
+            by_inode.setdefault(inode, p)
+    for out in outputs:
+        hit = by_real.get(real(out))
+        if hit is None:
+            inode = _inode(out)
+            hit = by_inode.get(inode) if inode is not None else None
+        if hit is not None:
+            same = "" if str(out) == str(hit) else f" (it resolves to the input {hit})"
+            raise error(f"{out}: this output is an input{same}, which is never written over; {hint}")
+
+
+def refuse_existing(outputs: Iterable[str | Path], overwrite: bool, hint: str,
+                    error: type[Exception] = OutputPathError) -> None:
+    """Unless ``overwrite``, raise ``error`` (one line) when an output already exists."""
+    if overwrite:
+        return
+    existing = [p for p in outputs if os.path.lexists(p)]
+    if existing:
+        more = f" (and {len(existing) - 1} more output files)" if len(existing) > 1 else ""
+        raise error(f"{existing[0]}: exists{more}; pass --overwrite to replace it, or {hint}")
