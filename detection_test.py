@@ -74,6 +74,7 @@ def main() -> int:
     records = read_split(spec, args.split)
     coco_gt = coco_ground_truth(spec, args.split, records)
     out = run_dir(cfg)
+    evaluated = None  # image ids scored: all of the records, or those the loader read (skip_bad_images)
     if args.results:
         results = json.loads(Path(args.results).read_text())
         class_names, category_ids = spec.class_names, spec.category_ids
@@ -88,6 +89,7 @@ def main() -> int:
         detections = predict_batches(trained.model, trained.task, loader, device,
                                      cfg.General.precision, progress=True)
         results = coco_results(detections, category_ids)
+        evaluated = list(detections)
         results_path = out / f"results_{args.split}.json"
         write_json(results, results_path)
         print(f"detections written to {results_path}")
@@ -98,14 +100,16 @@ def main() -> int:
             vis_dir = Path(args.vis)
             vis_dir.mkdir(parents=True, exist_ok=True)
             for rec in records:
-                det = detections[rec.image_id]
+                det = detections.get(rec.image_id)
+                if det is None:  # unreadable, skipped by the loader (dataset.skip_bad_images)
+                    continue
                 keep = det.scores >= args.vis_score
                 image = draw_detections(load_image(rec), det.boxes[keep], det.labels[keep], det.scores[keep],
                                         class_names)
                 image.save(vis_dir / f"{Path(rec.file_name).stem}.png")
             print(f"{len(records)} images with detections saved to {vis_dir}")
 
-    result = evaluate(coco_gt, results, class_names, category_ids)
+    result = evaluate(coco_gt, results, class_names, category_ids, image_ids=evaluated)
     print(result.summary, end="")
     print(format_per_class_table(result.per_class))
     curves = save_pr_curves(result, class_names, out / f"pr_curves_{args.split}")
@@ -156,7 +160,8 @@ def compare_tta_ensemble(args: argparse.Namespace, cfg: Config, trained: Trained
         results = coco_results(own, trained.category_ids)
         write_json(results, out / f"results_{args.split}_tta.json")
         rows.append((f"TTA {plan.describe()} (WBF of {len(plan.passes())} passes)",
-                     evaluate(coco_gt, results, trained.class_names, trained.category_ids)))
+                     evaluate(coco_gt, results, trained.class_names, trained.category_ids,
+                              image_ids=list(detections))))
     if args.ensemble:
         runs = [own]
         for item in args.ensemble:
@@ -174,7 +179,8 @@ def compare_tta_ensemble(args: argparse.Namespace, cfg: Config, trained: Trained
         results = coco_results(fused, trained.category_ids)
         write_json(results, out / f"results_{args.split}_ensemble.json")
         rows.append((f"ensemble of {len(runs)} (WBF{', each with TTA' if plan else ''})",
-                     evaluate(coco_gt, results, trained.class_names, trained.category_ids)))
+                     evaluate(coco_gt, results, trained.class_names, trained.category_ids,
+                              image_ids=list(detections))))
     return rows
 
 

@@ -35,6 +35,8 @@ class RecordLike(Protocol):
     height: int
     boxes: Any   # float32 [N, 4] xyxy, original pixels
     labels: Any  # int64 [N], contiguous 0..C-1
+    # optional, read with getattr: ignore_boxes [M, 4] / ignore_labels [M], ground truth that is
+    # neither hit nor miss (VOC difficult)
 
 
 class SpecLike(Protocol):
@@ -72,6 +74,23 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+DIFFICULT_KEY = "difficult"  # ground-truth annotation key: 1 = ignored (VOC difficult)
+
+
+class _COCOeval(COCOeval):
+    """COCOeval that also ignores ground truth marked ``difficult``: matched by IoU like any box, but
+    as pycocotools' ignored ground truth (a match is neither hit nor false positive, no miss
+    undetected). pycocotools' own ``ignore`` key cannot carry this: ``_prepare`` overwrites it
+    with ``iscrowd``."""
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        for gts in self._gts.values():
+            for gt in gts:
+                if gt.get(DIFFICULT_KEY):
+                    gt["ignore"] = 1
+
+
 def _quiet_index(coco: COCO) -> COCO:
     """Run ``coco.createIndex()`` without pycocotools' prints."""
     with contextlib.redirect_stdout(io.StringIO()):
@@ -89,7 +108,11 @@ def coco_ground_truth_from_records(
     ``records[i].boxes`` are float32 ``[N, 4]`` xyxy in original pixels and ``labels`` int64
     ``[N]`` contiguous; label ``c`` becomes category ``category_ids[c]``. Each annotation gets
     ``area = w * h``, ``iscrowd = 0`` and an id starting at 1 (pycocotools treats id 0 as
-    "unmatched", so it must not be used).
+    "unmatched", so it must not be used). A record's ``ignore_boxes`` / ``ignore_labels`` (VOC
+    ``difficult``) are added with ``difficult = 1``: :func:`evaluate` ignores them (a detection
+    matching one at the IoU threshold is neither a hit nor a false positive; undetected, it is no
+    miss). ``iscrowd`` is not used for them, as pycocotools would then match by intersection over
+    the detection's area and not by IoU.
     """
     if len(class_names) != len(category_ids):
         raise ValueError(
@@ -104,22 +127,29 @@ def coco_ground_truth_from_records(
         seen.add(image_id)
         images.append({"id": image_id, "file_name": str(rec.file_name),
                        "width": int(rec.width), "height": int(rec.height)})
-        boxes = _to_numpy(rec.boxes).reshape(-1, 4).astype(np.float64)
-        labels = _to_numpy(rec.labels).reshape(-1).astype(np.int64)
-        if len(boxes) != len(labels):
-            raise ValueError(f"image {image_id}: {len(boxes)} boxes but {len(labels)} labels")
-        for (x1, y1, x2, y2), lab in zip(boxes.tolist(), labels.tolist()):
-            if not 0 <= lab < len(category_ids):
-                raise ValueError(f"image {image_id}: label {lab} outside 0..{len(category_ids) - 1}")
-            w, h = x2 - x1, y2 - y1
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": image_id,
-                "category_id": int(category_ids[lab]),
-                "bbox": [x1, y1, w, h],
-                "area": w * h,
-                "iscrowd": 0,
-            })
+        ignore_boxes = getattr(rec, "ignore_boxes", None)
+        ignore_labels = getattr(rec, "ignore_labels", None)
+        groups = [(rec.boxes, rec.labels, False)]
+        if ignore_boxes is not None and ignore_labels is not None:
+            groups.append((ignore_boxes, ignore_labels, True))
+        for group_boxes, group_labels, ignored in groups:
+            boxes = _to_numpy(group_boxes).reshape(-1, 4).astype(np.float64)
+            labels = _to_numpy(group_labels).reshape(-1).astype(np.int64)
+            if len(boxes) != len(labels):
+                raise ValueError(f"image {image_id}: {len(boxes)} boxes but {len(labels)} labels")
+            for (x1, y1, x2, y2), lab in zip(boxes.tolist(), labels.tolist()):
+                if not 0 <= lab < len(category_ids):
+                    raise ValueError(f"image {image_id}: label {lab} outside 0..{len(category_ids) - 1}")
+                w, h = x2 - x1, y2 - y1
+                annotations.append({
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(category_ids[lab]),
+                    "bbox": [x1, y1, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                    **({DIFFICULT_KEY: 1} if ignored else {}),
+                })
     coco = COCO()
     coco.dataset = {
         "images": images,
@@ -134,13 +164,28 @@ def coco_ground_truth(spec: SpecLike, split: str, records: Sequence[RecordLike])
     """COCO ground truth for ``records`` of ``split`` of a dataset spec (ARCHITECTURE.md form).
 
     A COCO-format dataset is evaluated against its own annotation file (crowd regions and
-    segmentation areas as pycocotools expects); other formats against boxes built from ``records``.
+    segmentation areas as pycocotools expects), restricted to the images of ``records`` (images
+    left out of them, e.g. by ``dataset.skip_bad_records``, are no misses); other formats against
+    boxes built from ``records``.
     """
     if getattr(spec, "format", None) == "coco":  # the user's own json: crowd flags and mask areas count
-        return coco_ground_truth_from_file(spec.splits[split].annotations)
+        coco = coco_ground_truth_from_file(spec.splits[split].annotations)
+        return restrict_images(coco, [rec.image_id for rec in records])
     coco = coco_ground_truth_from_records(records, spec.class_names, spec.category_ids)
     coco.dataset["info"] = {"description": f"DetLab ground truth, split {split}"}
     return coco
+
+
+def restrict_images(coco: COCO, image_ids: Sequence[int]) -> COCO:
+    """A new COCO ground truth with only the images ``image_ids`` and their annotations (the other
+    top-level entries, such as categories, as they are)."""
+    keep = {int(i) for i in image_ids}
+    data = dict(coco.dataset)
+    data["images"] = [im for im in coco.dataset.get("images", []) if im["id"] in keep]
+    data["annotations"] = [a for a in coco.dataset.get("annotations", []) if a["image_id"] in keep]
+    out = COCO()
+    out.dataset = data
+    return _quiet_index(out)
 
 
 def coco_ground_truth_from_file(path: str | os.PathLike) -> COCO:
@@ -198,14 +243,17 @@ def evaluate(
     class_names: Sequence[str] | None = None,
     category_ids: Sequence[int] | None = None,
     iou_type: str = "bbox",
+    image_ids: Sequence[int] | None = None,
 ) -> EvalResult:
     """Run pycocotools' COCOeval on ``results`` (COCO result dicts, bbox xywh original pixels).
 
     ``class_names`` / ``category_ids`` give the DetLab class order for ``per_class`` and
     ``precision``; when omitted they are taken from the ground truth's categories, sorted by id.
-    Results on images absent from the ground truth are dropped; ground-truth images without
-    detections count as misses. An empty ``results`` gives zeros (and -1 where pycocotools
-    would, i.e. no ground truth in an area range) instead of failing.
+    Scoring covers the ground truth's images, or only those of them in ``image_ids`` (the images
+    that were evaluated; pycocotools' ``params.imgIds``). Results on other images are dropped;
+    scored images without detections count as misses. Ground truth marked ``difficult`` (see
+    :func:`coco_ground_truth_from_records`) is ignored. An empty ``results`` gives zeros (and -1
+    where pycocotools would, i.e. no ground truth in an area range) instead of failing.
     """
     if category_ids is None:
         category_ids = sorted(coco_gt.getCatIds())
@@ -216,10 +264,13 @@ def evaluate(
         raise ValueError(f"{len(class_names)} class names but {len(category_ids)} category ids")
 
     gt_images = set(coco_gt.getImgIds())
+    if image_ids is not None:
+        gt_images &= {int(i) for i in image_ids}
     kept = [r for r in results if r["image_id"] in gt_images]
     coco_dt = _load_results(coco_gt, kept)
 
-    cocoeval = COCOeval(coco_gt, coco_dt, iouType=iou_type)
+    cocoeval = _COCOeval(coco_gt, coco_dt, iouType=iou_type)
+    cocoeval.params.imgIds = sorted(gt_images)  # only the evaluated images
     cocoeval.params.catIds = [int(c) for c in category_ids]  # only the classes the model knows
     with contextlib.redirect_stdout(io.StringIO()):
         cocoeval.evaluate()

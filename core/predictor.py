@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from core.checkpoint import CheckpointError, load_checkpoint
 from core.config import Config, config_from_dict, load_config
 from core.data.dataset import DetectionDataset, collate
+from core.data.image_io import open_image, to_rgb
 from core.data.records import ImageRecord
 from core.data.transforms import DetectionTransform, build_transform
 from core.engine.runtime import autocast, select_device
@@ -63,21 +64,20 @@ def config_from_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Co
 
 
 def to_pil(image: ImageInput) -> Image.Image:
-    """A path, PIL image or ``[H, W, 3]`` uint8 RGB array as an RGB PIL image."""
+    """A path, PIL image or ``[H, W, 3]`` uint8 RGB array as an 8-bit RGB PIL image. A path is read
+    by ``core.data.image_io.open_image`` (EXIF orientation applied, so boxes are in pixels of the
+    picture as a viewer shows it; 16-bit scaled; ImageReadError, a ValueError, naming an unreadable
+    file); a PIL image is taken as it is (16-bit values scaled, no orientation applied)."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb(image)
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"an array image must be HxWx3 uint8 RGB, got shape {image.shape} dtype {image.dtype}")
         return Image.fromarray(np.ascontiguousarray(image))
     path = Path(image)
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image '{path}' not found") from None
-    except OSError as err:
-        raise ValueError(f"cannot read image '{path}' ({err})") from None
+    if not path.is_file():
+        raise FileNotFoundError(f"image '{path}' not found")
+    return open_image(path)
 
 
 class Detector:

@@ -12,23 +12,21 @@ import warnings
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
 from .augment import AugmentConfig, beta, cutmix, mixup, mosaic, rand, randint
+from .image_io import open_image
 from .records import DatasetError, ImageRecord
 
 Transform = Callable[[Image.Image, np.ndarray, np.ndarray], tuple[torch.Tensor, np.ndarray, np.ndarray, float]]
 
 
 def load_image(record: ImageRecord) -> Image.Image:
-    """Decode ``record.file_name`` as RGB; raises DatasetError naming the file when it cannot be
-    read or its size differs from the annotated ``width`` x ``height``."""
-    try:
-        with Image.open(record.file_name) as im:
-            image = im.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise DatasetError(f"{record.file_name}: cannot read image ({e}); replace or remove it") from None
+    """Decode ``record.file_name`` as 8-bit RGB the right way up (``core.data.image_io.open_image``:
+    EXIF orientation applied, 16-bit scaled); raises DatasetError naming the file when it cannot be
+    read, declares too many pixels or its size differs from the annotated ``width`` x ``height``."""
+    image = open_image(record.file_name)
     if image.size != (record.width, record.height):
         raise DatasetError(f"{record.file_name}: image is {image.size[0]}x{image.size[1]} but the annotations "
                            f"say {record.width}x{record.height}; fix the annotation's width/height")

@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 import yaml
-from PIL import Image, UnidentifiedImageError
 
+from . import image_io
 from .records import DatasetError, ImageRecord
 
 FORMATS = ("coco", "voc", "yolo")
@@ -328,15 +328,11 @@ def _to_arrays(boxes: list, labels: list) -> tuple[np.ndarray, np.ndarray]:
 
 
 def image_size(path: str | Path, decode: bool = False) -> tuple[int, int]:
-    """``(width, height)`` of an image file from its header (``decode``: decode all pixels too,
-    which also finds truncated files). Raises OSError / ValueError when it cannot be read."""
-    try:
-        with Image.open(path) as im:
-            if decode:
-                im.load()
-            return int(im.size[0]), int(im.size[1])
-    except UnidentifiedImageError as e:
-        raise OSError(str(e)) from None
+    """``(width, height)`` of the displayed picture (EXIF orientation applied) from the file's header
+    (``decode``: decode all pixels too, which also finds truncated files); see
+    ``core.data.image_io.image_size``. Raises ``image_io.ImageReadError`` (a DatasetError, so a
+    ValueError) naming the file when it cannot be read or declares too many pixels."""
+    return image_io.image_size(path, decode)
 
 
 def _verify_images(items: list[tuple[ImageRecord, Path, str]], sink: _Sink, decode: bool) -> None:
@@ -350,8 +346,8 @@ def _verify_images(items: list[tuple[ImageRecord, Path, str]], sink: _Sink, deco
         try:
             size = image_size(rec.file_name, decode)
         except (OSError, ValueError, SyntaxError) as e:
-            sink(UNREADABLE_IMAGE, file, where, f"cannot read image '{rec.file_name}' ({e}); replace or remove it",
-                 image=rec.file_name)
+            sink(UNREADABLE_IMAGE, file, where, f"cannot read image '{rec.file_name}' ({getattr(e, 'reason', e)}); "
+                                                f"replace or remove it", image=rec.file_name)
             continue
         if size != (rec.width, rec.height):
             sink(SIZE_MISMATCH, file, where, f"image '{rec.file_name}' is {size[0]}x{size[1]} but the annotation "
@@ -555,7 +551,8 @@ def read_voc(ann_dir: Path, image_dir: Path, class_names: list[str], list_file: 
 
     VOC pixel coordinates are 1-based and inclusive, so ``xmin..xmax`` covers continuous
     0-based ``[xmin - 1, xmax]``: boxes become ``(xmin-1, ymin-1, xmax, ymax)`` original pixels.
-    ``difficult`` objects are skipped. ``image_id`` is the 1-based position of the xml in the
+    ``difficult`` objects become the record's ``ignore_boxes`` (evaluation ignores them, as the VOC
+    protocol does; they are no training target). ``image_id`` is the 1-based position of the xml in the
     sorted listing of the whole folder, so it is stable across splits sharing the folder.
     ``problems``: see :func:`read_split` (problems name the xml, the object and its line).
     """
@@ -601,6 +598,7 @@ def read_voc(ann_dir: Path, image_dir: Path, class_names: list[str], list_file: 
         image = str((image_dir / fname).resolve())
         obj_lines: list[int] | None = None
         boxes, labels = [], []
+        ignore_boxes, ignore_labels = [], []
         for k, obj in enumerate(root.findall("object")):
             owhere = f"{xml_path}: object {k}"
 
@@ -621,8 +619,7 @@ def read_voc(ann_dir: Path, image_dir: Path, class_names: list[str], list_file: 
                                       f"add it to 'classes' in the dataset YAML or fix the xml")
                 continue
             diff = obj.find("difficult")
-            if diff is not None and diff.text and diff.text.strip() not in ("0", ""):
-                continue
+            difficult = diff is not None and bool(diff.text) and diff.text.strip() not in ("0", "")
             try:
                 x1, y1, x2, y2 = (_xml_number(obj, f"bndbox/{t}", owhere) for t in ("xmin", "ymin", "xmax", "ymax"))
             except DatasetError as err:
@@ -633,9 +630,10 @@ def read_voc(ann_dir: Path, image_dir: Path, class_names: list[str], list_file: 
             if problem is not None:
                 report(*problem)
                 continue
-            boxes.append(_clip_box(box, w, h))
-            labels.append(label_of[name])
-        rec = ImageRecord(ids[stem], image, w, h, *_to_arrays(boxes, labels))
+            (ignore_boxes if difficult else boxes).append(_clip_box(box, w, h))
+            (ignore_labels if difficult else labels).append(label_of[name])
+        rec = ImageRecord(ids[stem], image, w, h, *_to_arrays(boxes, labels),
+                          *_to_arrays(ignore_boxes, ignore_labels))
         records.append(rec)
         checks.append((rec, xml_path, ""))
     if not records and not stems:
@@ -707,7 +705,8 @@ def read_yolo(label_dir: Path, image_dir: Path, class_names: list[str], problems
         try:
             w, h = image_size(path, decode and problems is not None)
         except (OSError, ValueError, SyntaxError) as e:
-            sink(UNREADABLE_IMAGE, path, "", f"cannot read image ({e}); replace or remove it", image=image)
+            sink(UNREADABLE_IMAGE, path, "", f"cannot read image ({getattr(e, 'reason', e)}); replace or remove it",
+                 image=image)
             continue
         txt = label_dir / f"{path.stem}.txt"
         boxes, labels = [], []

@@ -88,6 +88,8 @@ def coco_results(detections: dict[int, Detections], category_ids: list[int]) -> 
 
 def evaluate_detections(detections: dict[int, Detections], coco_gt: Any, class_names: list[str],
                         category_ids: list[int]) -> tuple[EvalResult, list[dict[str, Any]]]:
-    """pycocotools metrics of ``detections`` against ``coco_gt``; also returns the results json list."""
+    """pycocotools metrics of ``detections`` against ``coco_gt``, scored on the images ``detections`` has
+    an entry for (the ones evaluated: an image the loader skipped as unreadable is no miss); also
+    returns the results json list."""
     results = coco_results(detections, category_ids)
-    return evaluate(coco_gt, results, class_names, category_ids), results
+    return evaluate(coco_gt, results, class_names, category_ids, image_ids=list(detections)), results
