@@ -50,6 +50,7 @@ SPLIT_NAMES = ("train", "val", "test")
 SPLIT_KEYS = ("images", "annotations", "labels", "list")
 SYNTH_KEYS = {"kind": "shapes", "train_images": 480, "val_images": 96, "image_size": 256, "seed": 0}
 BOX_TOLERANCE = 1.0  # px a box may stick out of the image before it is an error
+MAX_IMAGE_SIDE = 2**31 - 1  # px; an annotated width / height above this (PNG's limit) is a typo
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 # Problem kinds, as ``Problem.kind`` and the check report name them.
@@ -355,11 +356,36 @@ def _verify_images(items: list[tuple[ImageRecord, Path, str]], sink: _Sink, deco
                  image=rec.file_name)
 
 
-def _check_images_exist(records: list[ImageRecord], ann: Path) -> None:
-    missing = [r.file_name for r in records if not Path(r.file_name).is_file()]
+def _check_images_exist(records: list[ImageRecord], ann: Path, sources: list[Path] | None = None) -> None:
+    """Strict mode: raise naming ``ann`` (and, given ``sources[i]`` the file of ``records[i]``, the
+    file of the first missing image) when image files are missing."""
+    missing = [k for k, r in enumerate(records) if not Path(r.file_name).is_file()]
     if missing:
-        raise DatasetError(f"{ann}: {len(missing)} of {len(records)} image files not found, e.g. {missing[0]}; "
-                           f"check the split's 'images' folder")
+        src = f" (named in {sources[missing[0]]})" if sources else ""
+        raise DatasetError(f"{ann}: {len(missing)} of {len(records)} image files not found, e.g. "
+                           f"{records[missing[0]].file_name}{src}; check the split's 'images' folder")
+
+
+def _image_path(image_dir: Path, name: Any) -> tuple[str | None, str]:
+    """``(absolute path, "")`` of the image file ``name`` (relative to ``image_dir``) or, when ``name``
+    cannot be a file path (not a string, empty, a NUL byte, too long for the file system),
+    ``(None, what is wrong)``. Whether the file exists is checked later."""
+    if not isinstance(name, str) or not name:
+        return None, f"must be a non-empty file name, got {name!r}"
+    try:
+        path = (image_dir / name).resolve()
+        path.is_file()  # raises for names the OS refuses (ENAMETOOLONG) instead of saying False
+    except (OSError, ValueError) as e:
+        return None, f"{name!r} is not a usable file name ({e})"
+    return str(path), ""
+
+
+def _finite(v: Any) -> bool:
+    """A real number (no bool) that is finite as a float (ints too large for a float are not)."""
+    try:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 # ----------------------------------------------------------------------------- COCO
@@ -371,7 +397,7 @@ def _load_json(path: Path) -> dict:
             data = json.load(f)
     except FileNotFoundError:
         raise DatasetError(f"{path}: annotation file not found; check the split's 'annotations' field") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, ints over 4300 digits
         raise DatasetError(f"{path}: not valid JSON ({e}); regenerate or fix the file") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected a COCO json object with 'images', 'annotations', 'categories'")
@@ -393,9 +419,23 @@ def _fields(entry: Any, keys: tuple[str, ...], where: str) -> list:
 
 
 def _coco_categories(data: dict) -> list[tuple[int, str]]:
-    """(id, name) of the json's categories, sorted by id."""
-    cats = [tuple(_fields(c, ("id", "name"), f"{data['__path__']}: categories[{i}]"))
-            for i, c in enumerate(data["categories"])]
+    """(id, name) of the json's categories, sorted by id; ids must be distinct integers and names
+    distinct non-empty strings."""
+    cats: list[tuple[int, str]] = []
+    first: dict[Any, int] = {}
+    for i, c in enumerate(data["categories"]):
+        where = f"{data['__path__']}: categories[{i}]"
+        cid, name = _fields(c, ("id", "name"), where)
+        if not isinstance(cid, int) or isinstance(cid, bool):
+            raise DatasetError(f"{where}: 'id' must be an integer, got {cid!r}; fix it")
+        if not isinstance(name, str) or not name:
+            raise DatasetError(f"{where}: 'name' must be a non-empty string, got {name!r}; fix it")
+        for key, what in ((("id", cid), f"id {cid}"), (("name", name), f"name '{name}'")):
+            if key in first:
+                raise DatasetError(f"{where}: duplicate category {what} (also categories[{first[key]}]); "
+                                   f"category ids and names must be distinct")
+            first[key] = i
+        cats.append((cid, name))
     return sorted(cats)
 
 
@@ -403,6 +443,9 @@ def _resolve_coco_classes(class_names: list[str], cats: list[tuple[int, str]], a
                           yaml_path: Path) -> tuple[list[str], list[int]]:
     """Class names (given, or all json categories in id order) and their json category ids."""
     if not class_names:
+        if not cats:
+            raise DatasetError(f"{ann}: 'categories' is empty and {yaml_path} sets no 'classes'; add the "
+                               f"categories to the json")
         return [n for _, n in cats], [i for i, _ in cats]
     by_name = {n: i for i, n in cats}
     missing = [n for n in class_names if n not in by_name]
@@ -455,11 +498,18 @@ def read_coco(ann_file: Path, image_dir: Path, class_names: list[str], category_
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (iid, w, h)):
             sink(MALFORMED, ann_file, f"images[{i}]", "'id', 'width' and 'height' must be integers")
             continue
-        if iid in records:
-            sink(MALFORMED, ann_file, f"images[{i}]", f"duplicate image id {iid}")
+        if not (0 < w <= MAX_IMAGE_SIDE and 0 < h <= MAX_IMAGE_SIDE):
+            sink(MALFORMED, ann_file, f"images[{i}]", f"'width' and 'height' must be positive pixel counts (at most "
+                                                      f"{MAX_IMAGE_SIDE}), got {w}x{h}; fix them")
             continue
-        records[iid] = ImageRecord(iid, str((image_dir / str(fname)).resolve()), w, h,
-                                   np.zeros((0, 4)), np.zeros(0))
+        path, bad = _image_path(image_dir, fname)
+        if path is None:
+            sink(MALFORMED, ann_file, f"images[{i}]", f"'file_name' {bad}; fix it")
+            continue
+        if iid in records:  # the first entry's record is spoilt too: which image do its annotations belong to?
+            sink(MALFORMED, ann_file, f"images[{i}]", f"duplicate image id {iid}", image=records[iid].file_name)
+            continue
+        records[iid] = ImageRecord(iid, path, w, h, np.zeros((0, 4)), np.zeros(0))
         where_of[iid] = f"image id {iid}"
         boxes[iid], labels[iid] = [], []
     for i, a in enumerate(data["annotations"]):
@@ -482,11 +532,10 @@ def read_coco(ann_file: Path, image_dir: Path, class_names: list[str], category_
             continue
         if a.get("iscrowd", 0) == 1 or cid not in label_of:
             continue
-        if not (isinstance(bbox, list) and len(bbox) == 4
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)):
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite(v) for v in bbox)):
             sink(MALFORMED, ann_file, where, f"bbox must be [x, y, width, height], got {bbox!r}", image=image)
             continue
-        x, y, bw, bh = bbox
+        x, y, bw, bh = (float(v) for v in bbox)  # floats: a sum too large is inf (a problem), no OverflowError
         box = np.array([x, y, x + bw, y + bh], dtype=np.float64)
         problem = _box_problem(box, rec.width, rec.height)
         if problem is not None:
@@ -519,6 +568,15 @@ def _xml_number(node: ET.Element, path: str, where: str) -> float:
         return float(text)
     except ValueError:
         raise DatasetError(f"{where}: <{path}> is '{text}', not a number") from None
+
+
+def _xml_side(node: ET.Element, path: str, where: str) -> int:
+    """An image width / height in pixels: a finite number, truncated to an int in 1..MAX_IMAGE_SIDE."""
+    v = _xml_number(node, path, where)
+    if not (math.isfinite(v) and 1 <= int(v) <= MAX_IMAGE_SIDE):
+        raise DatasetError(f"{where}: <{path}> is '{_xml_text(node, path, where)}', not a positive pixel count "
+                           f"(at most {MAX_IMAGE_SIDE}); fix it")
+    return int(v)
 
 
 def _object_lines(xml_path: Path) -> list[int]:
@@ -585,17 +643,23 @@ def read_voc(ann_dir: Path, image_dir: Path, class_names: list[str], list_file: 
         xml_path = ann_dir / f"{stem}.xml"
         try:
             root = ET.parse(xml_path).getroot()
-        except ET.ParseError as e:
+        except (ET.ParseError, LookupError) as e:  # LookupError: an unknown encoding in the xml declaration
             sink(UNREADABLE_ANNOTATIONS, xml_path, "", f"not valid XML ({e}); fix the file")
+            continue
+        except OSError as e:
+            sink(UNREADABLE_ANNOTATIONS, xml_path, "", f"cannot read the file ({e}); fix or remove it")
             continue
         where = str(xml_path)
         try:
             fname = _xml_text(root, "filename", where)
-            w, h = int(_xml_number(root, "size/width", where)), int(_xml_number(root, "size/height", where))
+            w, h = _xml_side(root, "size/width", where), _xml_side(root, "size/height", where)
         except DatasetError as err:
             sink(MALFORMED, xml_path, "", str(err).split(f"{where}: ", 1)[-1])
             continue
-        image = str((image_dir / fname).resolve())
+        image, bad = _image_path(image_dir, fname)
+        if image is None:
+            sink(MALFORMED, xml_path, "", f"<filename> {bad}; fix it")
+            continue
         obj_lines: list[int] | None = None
         boxes, labels = [], []
         ignore_boxes, ignore_labels = [], []
@@ -642,7 +706,7 @@ def read_voc(ann_dir: Path, image_dir: Path, class_names: list[str], list_file: 
     if problems is None:
         if not records:
             raise DatasetError(f"{ann_dir}: no xml annotations found; check the split's 'annotations' field")
-        _check_images_exist(records, ann_dir)
+        _check_images_exist(records, ann_dir, [x for _, x, _ in checks])
     else:
         _verify_images(checks, sink, decode)
     return records
