@@ -18,12 +18,12 @@ ones (0 elsewhere), weighted per layer, and class BCE of the matched predictions
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import complete_box_iou_loss
 
 from core.postprocess import Detections, batch_top_candidates, clip_and_suppress, passing_candidates
 
@@ -110,8 +110,30 @@ def build_targets(gt: torch.Tensor, anchors: torch.Tensor, stride: float, grid_s
         box=torch.cat([centre - cell, gwh[g_sel]], dim=1), anchor_wh=anchor_grid[a_sel], label=gt[g_sel, 1].long())
 
 
-def _xywh_to_xyxy(box: torch.Tensor) -> torch.Tensor:
-    return torch.cat([box[:, :2] - box[:, 2:] / 2, box[:, :2] + box[:, 2:] / 2], dim=1)
+def complete_iou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """``1 - CIoU`` per row of ``pred`` and ``target``, ``[M, 4]`` boxes ``(cx, cy, w, h)`` in one space
+    (grid units here); ``[M]``. Zheng et al.'s CIoU: IoU minus the centre distance over the enclosing
+    box's diagonal, minus ``alpha * v`` for the aspect ratios (``alpha`` without gradient).
+
+    Computed from the widths and heights themselves, with ``eps`` under every division, so that it and
+    its gradient stay finite for any finite input, a box of size 0 included. (torchvision's
+    ``complete_box_iou_loss`` takes xyxy corners and divides by the predicted height with no epsilon:
+    a predicted height below the float32 resolution of its centre becomes 0 between the corners, and
+    the gradient of ``atan(w / h)`` is then NaN.)
+    """
+    px, py, pw, ph = pred.unbind(-1)
+    tx, ty, tw, th = target.unbind(-1)
+    left, right = torch.max(px - pw / 2, tx - tw / 2), torch.min(px + pw / 2, tx + tw / 2)
+    top, bottom = torch.max(py - ph / 2, ty - th / 2), torch.min(py + ph / 2, ty + th / 2)
+    inter = (right - left).clamp(min=0) * (bottom - top).clamp(min=0)
+    iou = inter / (pw * ph + tw * th - inter + eps)
+    enclosing_w = torch.max(px + pw / 2, tx + tw / 2) - torch.min(px - pw / 2, tx - tw / 2)
+    enclosing_h = torch.max(py + ph / 2, ty + th / 2) - torch.min(py - ph / 2, ty - th / 2)
+    distance = ((px - tx) ** 2 + (py - ty) ** 2) / (enclosing_w ** 2 + enclosing_h ** 2 + eps)
+    v = (4 / math.pi ** 2) * (torch.atan(tw / (th + eps)) - torch.atan(pw / (ph + eps))) ** 2
+    with torch.no_grad():
+        alpha = v / (v - iou + 1 + eps)
+    return 1 - iou + distance + alpha * v
 
 
 def yolo_loss(layers: list[torch.Tensor], targets: list[LayerTargets], num_classes: int, box_weight: float,
@@ -145,8 +167,7 @@ def yolo_loss(layers: list[torch.Tensor], targets: list[LayerTargets], num_class
             matched = pred[t.image, t.anchor, t.gy, t.gx]  # [M, 5 + C]
             xy = matched[:, :2].sigmoid() * 2.0 - 0.5
             wh = (matched[:, 2:4].sigmoid() * 2.0) ** 2 * t.anchor_wh
-            ciou_loss = complete_box_iou_loss(_xywh_to_xyxy(torch.cat([xy, wh], 1)), _xywh_to_xyxy(t.box),
-                                              reduction="none")
+            ciou_loss = complete_iou_loss(torch.cat([xy, wh], 1), t.box)
             norm = count.clamp(min=1.0)
             box_loss = box_loss + ciou_loss.sum() / norm
             quality = (1.0 - ciou_loss).detach().clamp(min=0.0)

@@ -15,6 +15,7 @@ from core.checkpoint import load_checkpoint
 from conftest import synthetic_shapes_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+MAX_RATIO = 0.01  # see the test: rounding gives ~1e-4, a broken loss average 0.69
 
 # BatchNorm statistics depend on the per-process batch (SyncBatchNorm fixes that on GPUs, but
 # PyTorch has no CPU SyncBatchNorm), so the comparison freezes BatchNorm in both runs: what is
@@ -47,7 +48,11 @@ DRIVER = textwrap.dedent("""
     trainer_module.build_detector = lambda cfg, n: calibrated(real_build(cfg, n), cfg)
     from core.config import load_config
     cfg = load_config({root!r} + "/config/demo.py", sys.argv[1:])
-    stats = trainer_module.Trainer(cfg).fit()
+    trainer = trainer_module.Trainer(cfg)
+    if trainer.dist.is_main:  # the weights training starts from, after calibration and pretrained loading
+        import torch
+        torch.save(trainer.model.state_dict(), cfg.General.work_dir + "/" + cfg.General.name + "_init.pt")
+    stats = trainer.fit()
     if stats:
         print("AP50", stats["AP50"])
 """)
@@ -76,7 +81,7 @@ def run(tmp_path: Path, data: Path, name: str, processes: int) -> subprocess.Com
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
                f"--master_port={free_port()}", str(script), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("DETLAB_TEST_THREADS", "1")}
     env.pop("WORLD_SIZE", None)
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -90,10 +95,27 @@ def test_two_gloo_processes_equal_one_process(tiny_data: Path, tmp_path: Path) -
 
     a = load_checkpoint(tmp_path / "one" / "epoch_0001.pt")
     b = load_checkpoint(tmp_path / "two" / "epoch_0001.pt")
+    init = torch.load(tmp_path / "one_init.pt", weights_only=True)
     assert a["step"] == b["step"] == 4
+    # The two runs add the same numbers in another order, so they differ by float rounding accumulated
+    # over 4 steps; that is measured against how far those steps moved each tensor. Measured on an AMD
+    # EPYC (AVX-512) with torch threads 1 and 2: the largest ratio 8.8e-5 and 8.7e-5. Processes that
+    # normalise the loss by their own count of positives instead of the mean over processes (the
+    # averager switched off) give 0.69.
+    ratios = {}
     for key, value in a["model"].items():
-        if value.is_floating_point():
-            torch.testing.assert_close(b["model"][key], value, rtol=1e-4, atol=1e-4, msg=key)
+        if not value.is_floating_point():
+            continue
+        moved = (value - init[key]).norm().item()
+        differ = (b["model"][key] - value).norm().item()
+        rounding = 1e-6 * value.norm().item()  # float32 resolution of the tensor itself
+        if moved > rounding:
+            ratios[key] = differ / moved
+        else:  # a tensor training did not move (frozen statistics) is the same in both runs
+            assert differ <= rounding, key
+    worst = max(ratios, key=ratios.get)
+    print(f"largest |two - one| / |one - init|: {ratios[worst]:.2e} ({worst}) over {len(ratios)} tensors")
+    assert ratios[worst] < MAX_RATIO, (worst, ratios[worst])
     # rank 0 alone wrote the log; evaluation gathered all 6 val images from both ranks
     ap_one = [line for line in one.stdout.splitlines() if line.startswith("AP50")]
     ap_two = [line for line in two.stdout.splitlines() if line.startswith("AP50")]

@@ -33,13 +33,24 @@ def tiny_overrides(data: Path, work_dir: Path, name: str, epochs: int) -> list[s
 
 
 def test_train_then_test_script(tiny_data: Path, tmp_path: Path) -> None:
-    cfg = load_config(ROOT / "config/demo.py", tiny_overrides(tiny_data, tmp_path, "run", 2))
-    stats = Trainer(cfg).fit()
+    # trained by the script with stderr going to a file, as under CI, nohup or a scheduler
+    stderr_file = tmp_path / "train.err"
+    with open(stderr_file, "w") as err:
+        proc = subprocess.run([sys.executable, "detection_train.py", "--config", "config/demo.py",
+                               *[a for o in tiny_overrides(tiny_data, tmp_path, "run", 2) for a in ("--set", o)]],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, timeout=600)
+    printed = stderr_file.read_text()
+    assert proc.returncode == 0, printed[-3000:]
     out = tmp_path / "run"
-    assert set(stats) >= {"AP", "AP50", "AR100"}
     assert [e for e, _ in list_checkpoints(out)] == [1, 2]
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert {r["kind"] for r in rows} == {"train", "eval"}
+    assert set(rows[-1]) >= {"AP", "AP50", "AR100"}
+    # a log file gets compact lines, no carriage-return redraws: one per log_frequency (2) of the 6 steps an epoch
+    assert "\r" not in printed and "\r" not in proc.stdout
+    progress = [line for line in printed.splitlines() if line.startswith("epoch ") and " step " in line]
+    assert progress and len(progress) <= 2 * 6 // 2, printed
+    assert progress[0].startswith("epoch 1/2 step 2/6: loss ")
     assert all(r["loss"] == r["loss"] for r in rows if r["kind"] == "train")  # finite, not NaN
     assert (out / "curves.png").stat().st_size > 0
     assert json.loads((out / "config.json").read_text())["sections"]["General"]["name"] == "run"
@@ -63,7 +74,7 @@ def test_train_then_test_script(tiny_data: Path, tmp_path: Path) -> None:
     assert summary == [line for line in again.stdout.splitlines() if line.startswith(" Average")]
 
 
-def test_resume_matches_uninterrupted_run(tiny_data: Path, tmp_path: Path) -> None:
+def test_resume_matches_uninterrupted_run(tiny_data: Path, tmp_path: Path, capsys) -> None:
     straight = load_config(ROOT / "config/demo.py", tiny_overrides(tiny_data, tmp_path, "straight", 2)
                            + ["schedule.eval_every=0"])
     Trainer(straight).fit()
@@ -75,7 +86,10 @@ def test_resume_matches_uninterrupted_run(tiny_data: Path, tmp_path: Path) -> No
     trainer.epoch += 1
     trainer._save()
     del trainer
-    Trainer(first, resume=True).fit()
+    resumed = Trainer(first, resume=True)
+    assert (resumed.epoch, resumed.step) == (1, 6)  # 24 images / batch 4: epoch 1 ends at step 6
+    assert f"resumed from {tmp_path / 'resumed' / 'epoch_0001.pt'} (epoch 1, step 6)" in capsys.readouterr().err
+    resumed.fit()
 
     a = load_checkpoint(tmp_path / "straight" / "epoch_0002.pt")
     b = load_checkpoint(tmp_path / "resumed" / "epoch_0002.pt")

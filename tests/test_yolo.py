@@ -125,8 +125,12 @@ def test_large_configs_build(name: str) -> None:
     assert isinstance(build_task(cfg, model), YoloTask)
 
 
-def test_loss_falls_on_a_fixed_batch() -> None:
-    torch.manual_seed(0)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_loss_falls_on_a_fixed_batch(seed: int) -> None:
+    """40 AdamW steps on one batch. Measured over seeds 0-2 and torch threads 1 and 2 (AMD EPYC,
+    AVX-512): the total loss ends at 0.40-0.43 of its first value and the box loss at 0.54-0.72.
+    With the box term's gradient cut (the boxes detached) they end at 0.53-0.55 and 1.12-1.20."""
+    torch.manual_seed(seed)
     cfg = load_config(CONFIG_DIR / "yolov4_s.py")
     model = build_detector(cfg, 3).train()
     task = build_task(cfg, model)
@@ -134,7 +138,7 @@ def test_loss_falls_on_a_fixed_batch() -> None:
     targets = _targets()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     history, box = [], []
-    for _ in range(15):
+    for _ in range(40):
         losses = task.loss(model(images), images, targets)
         optimizer.zero_grad()
         losses["loss"].backward()
@@ -142,8 +146,80 @@ def test_loss_falls_on_a_fixed_batch() -> None:
         history.append(losses["loss"].item())
         box.append(losses["box_loss"].item())
     assert all(math.isfinite(v) for v in history)
-    assert max(history[-3:]) < 0.7 * history[0], history
-    assert max(box[-3:]) < box[0], box
+    assert max(history[-3:]) < 0.48 * history[0], history
+    assert max(box[-3:]) < 0.85 * box[0], box
+
+
+def _finite_loss_and_grads(outputs: list[torch.Tensor], targets: list[dict], size: int = 128) -> dict:
+    cfg = load_config(CONFIG_DIR / "yolov4_s.py")
+    model = build_detector(cfg, 3)
+    task = build_task(cfg, model)
+    leaves = [o.detach().clone().requires_grad_(True) for o in outputs]
+    losses = task.loss(leaves, torch.zeros(len(targets), 3, size, size), targets)
+    losses["loss"].backward()
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    assert all(torch.isfinite(x.grad).all() for x in leaves)
+    return losses
+
+
+def _outputs(fill: float | None = None, seed: int = 0, scale: float = 1.0, size: int = 128) -> list[torch.Tensor]:
+    """yolov4_s head outputs for 2 images at ``size`` px: constant ``fill`` or random * ``scale``."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(2, 3 * 8, size // s, size // s) for s in (8, 16, 32)]
+    return [torch.full(sh, fill) if fill is not None else torch.randn(sh, generator=g) * scale for sh in shapes]
+
+
+def test_complete_iou_loss_equals_torchvision_on_ordinary_boxes() -> None:
+    from torchvision.ops import complete_box_iou_loss
+
+    from core.yolo import complete_iou_loss
+
+    g = torch.Generator().manual_seed(0)
+    pred = torch.cat([torch.rand(500, 2, generator=g) * 4, 0.1 + torch.rand(500, 2, generator=g) * 5], 1)
+    target = torch.cat([torch.rand(500, 2, generator=g) * 4, 0.1 + torch.rand(500, 2, generator=g) * 5], 1)
+    corners = lambda b: torch.cat([b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2], 1)  # noqa: E731
+    expected = complete_box_iou_loss(corners(pred.double()), corners(target.double()), eps=1e-7)
+    # float32 against float64 with the same eps: the difference is float32 rounding of O(1) terms
+    torch.testing.assert_close(complete_iou_loss(pred, target).double(), expected, rtol=0, atol=1e-5)
+
+
+def test_degenerate_predicted_box_gives_finite_loss_and_gradients() -> None:
+    """The cause of the non-finite gradients seen in training: a predicted height below the float32
+    resolution of its centre (logit -11 gives a height of ~1e-8 grid units) became 0 between the
+    corners torchvision's CIoU takes, and its ``atan(w / h)`` had a NaN gradient."""
+    from core.yolo import complete_iou_loss
+
+    pred = torch.tensor([[1.0, 1.0, 1e-8, 1e-8], [1.0, 1.0, 0.0, 0.0], [0.5, 0.5, 3.0, 0.0]], requires_grad=True)
+    target = torch.tensor([[1.0, 1.0, 2.0, 3.0]] * 3)
+    loss = complete_iou_loss(pred, target)
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(pred.grad).all()
+
+
+@pytest.mark.parametrize("fill", [-1e4, 1e4, -11.0, 0.0])
+def test_extreme_logits_give_finite_loss_and_gradients(fill: float) -> None:
+    _finite_loss_and_grads(_outputs(fill), _targets())
+
+
+def test_images_without_boxes_and_boxes_smaller_than_a_cell_give_finite_loss() -> None:
+    empty = [{"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)}] * 2
+    assert _finite_loss_and_grads(_outputs(seed=1), empty)["box_loss"] == 0
+    tiny = [{"boxes": torch.tensor([[40.0, 40.0, 40.5, 40.25], [3.0, 100.0, 3.1, 100.1]]),
+             "labels": torch.tensor([0, 2])}, empty[0]]
+    _finite_loss_and_grads(_outputs(seed=2), tiny)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), scale=st.sampled_from([1.0, 30.0, 1e3, 1e4]),
+       boxes=st.lists(st.tuples(st.floats(0, 126), st.floats(0, 126), st.floats(0.01, 128), st.floats(0.01, 128),
+                                st.integers(0, 2)), max_size=6))
+def test_random_extreme_batches_give_finite_loss_and_gradients(seed: int, scale: float, boxes: list) -> None:
+    rows = [(x, y, min(x + w, 128.0), min(y + h, 128.0), c) for x, y, w, h, c in boxes]
+    rows = [r for r in rows if r[2] > r[0] and r[3] > r[1]]
+    targets = [{"boxes": torch.tensor([r[:4] for r in rows], dtype=torch.float32).reshape(-1, 4),
+                "labels": torch.tensor([r[4] for r in rows], dtype=torch.int64)},
+               {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)}]
+    _finite_loss_and_grads(_outputs(seed=seed, scale=scale), targets)
 
 
 @pytest.mark.parametrize(("name", "overrides", "strides"), [

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 from typing import Any, Iterable
 
 import torch
@@ -69,7 +70,8 @@ def predict_batches(model: nn.Module, task: DetectionTask, batches: Iterable[tup
     """
     model.eval()
     out: dict[int, Detections] = {}
-    for images, targets in tqdm(batches, desc="eval", disable=not progress, leave=False):
+    for images, targets in tqdm(batches, desc="eval", disable=not (progress and sys.stderr.isatty()), leave=False,
+                                file=sys.stderr):
         images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
         with autocast(device, precision):
             outputs = model(images)

@@ -98,6 +98,9 @@ class Trainer:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         apply_pretrain(self.model, cfg.pretrain, self.spec.class_names, log=self._print)  # weights, frozen params
         self.task = build_task(cfg, self.model)
+        # BatchNorm statistics move in the forward pass: a skipped step puts them back from this copy
+        self._buffers = list(self.model.buffers())
+        self._buffers_before_step = [b.detach().clone() for b in self._buffers]
         self.total_batch = g.batch_image * self.dist.world_size
         self.base_lr = cfg.optimizer.lr * self.total_batch / cfg.optimizer.lr_batch
         self.optimizer = build_optimizer(self.model, cfg.optimizer)
@@ -240,6 +243,11 @@ class Trainer:
     def _save(self) -> None:
         if not self.dist.is_main:
             return
+        bad = [k for k, v in self.model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:  # never written, so never pruning a good checkpoint in favour of a broken one
+            raise FloatingPointError(
+                f"{len(bad)} weight tensors are non-finite after epoch {self.epoch} (first: {bad[0]}); nothing saved, "
+                f"the checkpoints in {self.out} are intact: lower optimizer.lr or set optimizer.clip_grad_norm")
         save_checkpoint(self.state(), checkpoint_path(self.out, self.epoch))
         (self.out / INTERRUPTED).unlink(missing_ok=True)  # superseded by the epoch checkpoint
         keep = self.cfg.General.keep_checkpoints
@@ -289,9 +297,12 @@ class Trainer:
         self.net.train()
         done_in_epoch = self.step - self.epoch * self.steps_per_epoch  # > 0 when resuming mid-epoch
         self.train_loader.sampler.set_epoch(self.epoch, done_in_epoch * g.batch_image)
+        # a redrawn bar on a terminal; in a log file (CI, nohup, a scheduler) one line per log interval
+        interactive = self.dist.is_main and sys.stderr.isatty()
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{cfg.schedule.end_epoch}",
                    initial=done_in_epoch, total=self.steps_per_epoch,
-                   disable=not self.dist.is_main, dynamic_ncols=True, file=sys.stderr)
+                   disable=not interactive, dynamic_ncols=True, file=sys.stderr)
+        in_epoch = done_in_epoch
         window: dict[str, float] = {}
         window_n, window_start = 0, time.perf_counter()
         for images, targets in bar:
@@ -303,14 +314,19 @@ class Trainer:
                         window[k] = window.get(k, 0.0) + v
                     window_n += 1
             self.step += 1
-            if window_n and (window_n >= g.log_frequency or bar.n + 1 >= self.steps_per_epoch):
+            in_epoch += 1
+            if window_n and (window_n >= g.log_frequency or in_epoch >= self.steps_per_epoch):
                 elapsed = time.perf_counter() - window_start
                 row = {k: v / window_n for k, v in window.items()}
                 ips = window_n * images.shape[0] * self.dist.world_size / max(elapsed, 1e-9)
                 lr = self.optimizer.param_groups[0]["lr"]
                 self._log({"kind": "train", "epoch": self.epoch + 1, "step": self.step, **row, "lr": lr,
                            "images_per_s": ips, "skipped_images": self.skipped_images})
-                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
+                if interactive:
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
+                else:
+                    self._print(f"epoch {self.epoch + 1}/{cfg.schedule.end_epoch} step {in_epoch}/"
+                                f"{self.steps_per_epoch}: loss {row['loss']:.4f}  lr {lr:.2e}  img/s {ips:.1f}")
                 window, window_n, window_start = {}, 0, time.perf_counter()
             if distributed.any_true(stop.requested, self.dist):
                 bar.close()
@@ -329,31 +345,50 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         images = images.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+        if self._buffers:
+            torch._foreach_copy_(self._buffers_before_step, self._buffers)
         with autocast(self.device, cfg.General.precision):
             outputs = self.net(images)
         losses = self.task.loss(outputs, images, targets, average=distributed.averager(self.dist))
         loss = losses["loss"]
         self.optimizer.zero_grad(set_to_none=True)
         if not distributed.all_true(bool(torch.isfinite(loss)), self.dist):
-            self.nonfinite_in_row += 1
-            names = [Path(self.train_records_by_id[t["image_id"]].file_name).name for t in targets]
-            self._print(f"warning: non-finite loss at step {self.step} ({self.nonfinite_in_row} in a row); "
-                        f"step skipped; images: {', '.join(names)}")
-            if self.nonfinite_in_row >= NONFINITE_LIMIT:
-                raise FloatingPointError(
-                    f"{NONFINITE_LIMIT} non-finite losses in a row (last at step {self.step}); stopping. The last "
-                    f"good checkpoint in {self.out} is intact: lower optimizer.lr or check the images named above")
+            self._nonfinite(targets, "loss")
             return None
-        self.nonfinite_in_row = 0
         self.scaler.scale(loss).backward()
-        if cfg.optimizer.clip_grad_norm > 0:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optimizer.clip_grad_norm)
+        if self.scaler.is_enabled():
+            # fp16: the scaler itself skips steps whose gradients overflowed and lowers its scale
+            if cfg.optimizer.clip_grad_norm > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optimizer.clip_grad_norm)
+        else:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            norm = (nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optimizer.clip_grad_norm)
+                    if cfg.optimizer.clip_grad_norm > 0 else nn.utils.get_total_norm(grads))
+            if not distributed.all_true(bool(torch.isfinite(norm)), self.dist):
+                self.optimizer.zero_grad(set_to_none=True)
+                self._nonfinite(targets, "gradients")
+                return None
+        self.nonfinite_in_row = 0
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema:
             self.ema.update(self.model, step=self.step)
         return {k: float(v.detach()) for k, v in losses.items()}
+
+    def _nonfinite(self, targets: list[dict[str, Any]], what: str) -> None:
+        """Count a skipped step whose ``what`` ("loss" or "gradients") was not finite; warn naming the
+        batch's images, and raise FloatingPointError after ``NONFINITE_LIMIT`` in a row."""
+        self.nonfinite_in_row += 1
+        if self._buffers:  # the skipped step leaves no trace, not even in the BatchNorm statistics
+            torch._foreach_copy_(self._buffers, self._buffers_before_step)
+        names = [Path(self.train_records_by_id[t["image_id"]].file_name).name for t in targets]
+        self._print(f"warning: non-finite {what} at step {self.step} ({self.nonfinite_in_row} in a row); "
+                    f"step skipped; images: {', '.join(names)}")
+        if self.nonfinite_in_row >= NONFINITE_LIMIT:
+            raise FloatingPointError(
+                f"{NONFINITE_LIMIT} non-finite steps in a row (last at step {self.step}); stopping. The last "
+                f"good checkpoint in {self.out} is intact: lower optimizer.lr or check the images named above")
 
     def evaluate(self) -> dict[str, float]:
         """COCO metrics of the EMA (or plain) weights on the val split, computed by every process on
