@@ -274,3 +274,34 @@ def test_unreadable_image_is_reported_or_skipped(tiny_data: Path, tmp_path: Path
         Trainer(cfg).fit()
     rows = [json.loads(x) for x in (tmp_path / "skip" / "log.jsonl").read_text().splitlines()]
     assert [r for r in rows if r["kind"] == "train"][-1]["skipped_images"] == 1
+
+
+WORKER_START = textwrap.dedent("""
+    import os, signal, sys, time
+    sys.path.insert(0, {root!r})
+    import torch
+    from torch.utils.data import DataLoader
+    from core.data.loader import ignore_stop_signals, start_workers
+
+    def slow_start(worker_id):  # a worker that takes a while before it can ignore signals
+        time.sleep(1.5)
+        ignore_stop_signals(worker_id)
+
+    received = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    loader = DataLoader(list(range(8)), batch_size=2, num_workers=2, worker_init_fn=slow_start)
+    batches = start_workers(loader)
+    time.sleep(0.3)
+    os.killpg(0, signal.SIGTERM)  # the whole group, while both workers are still starting
+    print("batches", sum(1 for _ in batches), "signals", len(received), flush=True)
+""")
+
+
+def test_a_signal_while_loader_workers_start_does_not_kill_them(tmp_path: Path) -> None:
+    """The window a group-wide SIGTERM fell into when it arrived as an evaluation's workers started."""
+    script = tmp_path / "workers.py"
+    script.write_text(WORKER_START.format(root=str(ROOT)))
+    proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          start_new_session=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "batches 4 signals 1" in proc.stdout, proc.stdout + proc.stderr[-3000:]

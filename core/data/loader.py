@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import signal
-from typing import Any
+import threading
+from typing import Any, Iterator
 
 import torch
 from torch.utils.data import DataLoader
@@ -46,6 +47,27 @@ def build_loader(cfg: Any, records: list[ImageRecord], train: bool, batch_size: 
     )
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def start_workers(loader: DataLoader) -> Iterator:
+    """``iter(loader)``, with SIGINT and SIGTERM blocked while it forks its worker processes.
+
+    A worker sets itself to ignore those signals (:func:`ignore_stop_signals`) only once it runs;
+    a signal sent to the whole process group in between (Ctrl-C during the start of an epoch or of
+    an evaluation) would kill it, and the main process would die with "DataLoader worker exited
+    unexpectedly" instead of saving. Blocked, the signal waits: the workers discard it, and the
+    main process receives it as soon as the workers are started.
+    """
+    if loader.num_workers == 0 or threading.current_thread() is not threading.main_thread():
+        return iter(loader)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def ignore_stop_signals(worker_id: int) -> None:
     """DataLoader workers ignore SIGINT and SIGTERM and leave the stop to the main process
     (``core.engine.signals``: finish the step, save, exit; the workers then end with it). A signal
@@ -54,3 +76,4 @@ def ignore_stop_signals(worker_id: int) -> None:
     error before it could save."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by start_workers; pending ones are dropped

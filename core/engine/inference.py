@@ -8,8 +8,10 @@ from typing import Any, Iterable
 import torch
 import torch._inductor.config
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from core.data.loader import start_workers
 from core.engine.runtime import autocast
 from core.evaluation import EvalResult, evaluate, to_coco_results
 from core.postprocess import Detections, detections_to_cpu
@@ -70,8 +72,12 @@ def predict_batches(model: nn.Module, task: DetectionTask, batches: Iterable[tup
     """
     model.eval()
     out: dict[int, Detections] = {}
-    for images, targets in tqdm(batches, desc="eval", disable=not (progress and sys.stderr.isatty()), leave=False,
-                                file=sys.stderr):
+    total = len(batches) if isinstance(batches, DataLoader) else None
+    if isinstance(batches, DataLoader):
+        batches = start_workers(batches)  # a stop signal must not kill its workers as they start
+    bar = tqdm(batches, desc="eval", total=total, disable=not (progress and sys.stderr.isatty()), leave=False,
+               file=sys.stderr)
+    for images, targets in bar:
         images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
         with autocast(device, precision):
             outputs = model(images)

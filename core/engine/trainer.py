@@ -18,7 +18,7 @@ from core.checkpoint import (CheckpointError, PickleRequiredError, checkpoint_pa
                              load_checkpoint, load_latest, save_checkpoint)
 from core.config import Config
 from core.data.check import load_checked_records
-from core.data.loader import build_loader
+from core.data.loader import build_loader, start_workers
 from core.data.spec import DatasetSpec, load_dataset_spec
 from core.engine import distributed
 from core.engine.inference import evaluate_detections, predict_batches
@@ -299,7 +299,7 @@ class Trainer:
         self.train_loader.sampler.set_epoch(self.epoch, done_in_epoch * g.batch_image)
         # a redrawn bar on a terminal; in a log file (CI, nohup, a scheduler) one line per log interval
         interactive = self.dist.is_main and sys.stderr.isatty()
-        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{cfg.schedule.end_epoch}",
+        bar = tqdm(start_workers(self.train_loader), desc=f"epoch {self.epoch + 1}/{cfg.schedule.end_epoch}",
                    initial=done_in_epoch, total=self.steps_per_epoch,
                    disable=not interactive, dynamic_ncols=True, file=sys.stderr)
         in_epoch = done_in_epoch
