@@ -116,6 +116,9 @@ class anchors(Section):
     aspect_ratios = [[1.0, 1.0], [1.4, 0.7], [0.7, 1.4]]  # (w, h) multipliers
     yolo = [[12, 16, 19, 36, 40, 28], [36, 75, 76, 55, 72, 146], [142, 110, 192, 243, 459, 401]]  # yolo head:
                                  # w, h pairs in input pixels, one row per output level, finest first (YOLOv4 COCO)
+    auto = False                 # the trainer prints the share of training boxes an anchor matches (core.anchor_fit)
+                                 # and, below 95%, anchors that fit as a --set line; True uses those in place of
+                                 # scale / aspect_ratios (effdet heads) or yolo (yolo heads) and says so
 
 
 class loss(Section):

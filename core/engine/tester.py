@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.anchor_fit import use_trained_anchors
 from core.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, load_latest
 from core.config import Config
 from core.engine.inference import inference_model
@@ -51,6 +52,7 @@ def load_trained(cfg: Config, path: Path, device: torch.device, state: dict | No
     class_names = state.get("class_names")
     if not class_names:
         raise CheckpointError(f"checkpoint '{path}' has no class_names; it was not written by detection_train.py")
+    use_trained_anchors(cfg, state.get("config"))  # anchors.auto may have replaced the config's anchors
     model = build_detector(cfg, len(class_names))
     weights = state["ema"] if state.get("ema") is not None else state["model"]
     try:

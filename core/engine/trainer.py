@@ -14,6 +14,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm import tqdm
 
+from core.anchor_fit import check_anchors
 from core.checkpoint import (CheckpointError, PickleRequiredError, checkpoint_path, list_checkpoints,
                              load_checkpoint, load_latest, save_checkpoint)
 from core.config import Config
@@ -79,6 +80,7 @@ class Trainer:
             self._print(note)
         train_records = checked["train"]
         self.val_records = checked.get("val", [])
+        check_anchors(cfg, train_records, log=self._print)  # share of boxes the anchors match; anchors.auto: a fit
         self.train_loader = build_loader(cfg, train_records, train=True, batch_size=g.batch_image, seed=g.seed,
                                          rank=self.dist.rank, world_size=self.dist.world_size)
         # each process evaluates its share of the val images; rank 0 gathers and scores them
