@@ -365,11 +365,15 @@ def _write_yaml(folder: Path, name: str, classes: list[str] | None) -> Path:
 
 def _overrides(data: Path, work_dir: Path, name: str, epochs: int) -> list[str]:
     """effdet_lite0 at test size: 128 px inputs and one BiFPN layer and one head conv (instead of 3 and 3),
-    SGD without EMA; everything else, the backbone above all, as in config/effdet_lite0.py."""
+    SGD without EMA, BatchNorm momentum 0.1; everything else, the backbone above all, as in
+    config/effdet_lite0.py. (With the config's momentum of 0.01 the running statistics that evaluation
+    uses had moved less than half way from their start in these 60 steps, and the AP50 margin of (a)
+    ranged over 0.05-0.24 with the seed and the thread count.)"""
     return [f"dataset.data={data}", "dataset.image_size=128", "dataset.scale_min=0.8", "dataset.scale_max=1.2",
             "neck.repeats=1", "head.repeats=1",
             f"General.work_dir={work_dir}", f"General.name={name}", "General.batch_image=8",
             "General.loader_worker=0", "General.deterministic=True", "General.log_frequency=1",
+            "General.bn_momentum=0.1",
             f"schedule.end_epoch={epochs}", "schedule.eval_every=1", "schedule.warmup_epochs=1.0",
             "optimizer.type=sgd", "optimizer.lr=0.04", "optimizer.lr_batch=8", "optimizer.ema_decay=0.0",
             "test.batch_image=16"]
@@ -399,7 +403,11 @@ def runs(tmp_path_factory) -> dict:
 
 
 def test_imagenet_lite0_beats_random_init(runs: dict) -> None:
-    """(a) The converted ImageNet weights give a higher AP50 than random initialisation after the same steps."""
+    """(a) The converted ImageNet weights give a higher AP50 than random initialisation after the same steps.
+
+    Measured (AMD EPYC, AVX-512) over General.seed 0-2 and torch threads 1 and 2: ImageNet 0.29-0.41,
+    random init 0.05-0.21, margin 0.20-0.30. With the backbone weights not loaded both runs are the same
+    run (margin 0)."""
     pre, scratch = runs["imagenet"][1], runs["scratch"][1]
     print("\n(a) AP50 by epoch, ImageNet Lite0:", [round(r["AP50"], 3) for r in pre])
     print("(a) AP50 by epoch, random init:   ", [round(r["AP50"], 3) for r in scratch])
