@@ -15,7 +15,7 @@ from core.checkpoint import load_checkpoint
 from conftest import synthetic_shapes_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-MAX_RATIO = 0.01  # see the test: rounding gives ~1e-4, a broken loss average 0.69
+MAX_MODEL_RATIO, MAX_TENSOR_RATIO = 0.03, 0.15  # see the test for what rounding and a broken average give
 
 # BatchNorm statistics depend on the per-process batch (SyncBatchNorm fixes that on GPUs, but
 # PyTorch has no CPU SyncBatchNorm), so the comparison freezes BatchNorm in both runs: what is
@@ -98,24 +98,30 @@ def test_two_gloo_processes_equal_one_process(tiny_data: Path, tmp_path: Path) -
     init = torch.load(tmp_path / "one_init.pt", weights_only=True)
     assert a["step"] == b["step"] == 4
     # The two runs add the same numbers in another order, so they differ by float rounding accumulated
-    # over 4 steps; that is measured against how far those steps moved each tensor. Measured on an AMD
-    # EPYC (AVX-512) with torch threads 1 and 2: the largest ratio 8.8e-5 and 8.7e-5. Processes that
-    # normalise the loss by their own count of positives instead of the mean over processes (the
-    # averager switched off) give 0.69.
+    # over 4 steps; that is measured against how far those steps moved the weights, tensor by tensor and
+    # for the whole model. Measured on an AMD EPYC (AVX-512) over General.seed 0-2 and torch threads 1
+    # and 2: the largest tensor ratio 8e-5 to 1.6e-2 (the pretrained stem, which 4 steps barely move),
+    # the whole-model ratio at most 3.3e-3. With the loss average over processes switched off (each
+    # process normalising by its own positives), seeds 0 and 1: largest tensor ratio 0.64-0.69, whole
+    # model 0.089-0.25.
+    differ2 = moved2 = 0.0
     ratios = {}
     for key, value in a["model"].items():
         if not value.is_floating_point():
             continue
         moved = (value - init[key]).norm().item()
         differ = (b["model"][key] - value).norm().item()
+        differ2, moved2 = differ2 + differ ** 2, moved2 + moved ** 2
         rounding = 1e-6 * value.norm().item()  # float32 resolution of the tensor itself
         if moved > rounding:
             ratios[key] = differ / moved
         else:  # a tensor training did not move (frozen statistics) is the same in both runs
             assert differ <= rounding, key
     worst = max(ratios, key=ratios.get)
-    print(f"largest |two - one| / |one - init|: {ratios[worst]:.2e} ({worst}) over {len(ratios)} tensors")
-    assert ratios[worst] < MAX_RATIO, (worst, ratios[worst])
+    whole = (differ2 / moved2) ** 0.5
+    print(f"|two - one| / |one - init|: whole model {whole:.2e}, largest tensor {ratios[worst]:.2e} ({worst})")
+    assert whole < MAX_MODEL_RATIO, whole
+    assert ratios[worst] < MAX_TENSOR_RATIO, (worst, ratios[worst])
     # rank 0 alone wrote the log; evaluation gathered all 6 val images from both ranks
     ap_one = [line for line in one.stdout.splitlines() if line.startswith("AP50")]
     ap_two = [line for line in two.stdout.splitlines() if line.startswith("AP50")]
