@@ -9,7 +9,8 @@ from core.config import Section
 
 
 class General(Section):
-    name = "experiment"          # run folder name under work_dir
+    name = ""                    # run folder name under work_dir; "" = the config file's name
+                                 # (config/effdet_b2.py -> runs/effdet_b2), so two configs never share a folder
     work_dir = "runs"            # runs are written to work_dir/name
     batch_image = 8              # images per device (per process)
     precision = "bf16"           # GPU autocast: bf16 | fp16 (with loss scaling) | fp32; CPUs always run fp32

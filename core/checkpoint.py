@@ -56,6 +56,8 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 
     The file is a short header, the SHA-256 of the payload and the ``torch.save`` payload, so
     truncation or bit rot is detected on load. A crash mid-write leaves the old file untouched.
+    A failed write (disk full, any I/O error) removes its temp file and raises :class:`CheckpointError`
+    naming ``path``; the file that was there before is left as it was.
     """
     path = Path(path)
     buffer = io.BytesIO()
@@ -63,16 +65,30 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     payload = buffer.getvalue()
     digest = hashlib.sha256(payload).hexdigest().encode()
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(_MAGIC + digest + b"\n" + payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        with open(tmp, "wb") as f:
+            f.write(_MAGIC + digest + b"\n" + payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:  # the temp file never outlives a failed write, whatever stopped it
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if not isinstance(err, OSError):
+            raise
+        reason = err.strerror or str(err) or type(err).__name__
+        raise CheckpointError(f"cannot write checkpoint '{path}': {reason}; nothing was replaced, the previous "
+                              "checkpoints are intact") from None
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as err:  # the file is complete and in place; only its rename may not be on disk yet
+        raise CheckpointError(f"wrote checkpoint '{path}' but cannot sync its folder: {err.strerror}") from None
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", allow_pickle: bool = False) -> dict[str, Any]:

@@ -42,14 +42,15 @@ def load_from_args(args: argparse.Namespace) -> Config:
 
 
 def run_main(main: Callable[[], int | None]) -> None:
-    """Run ``main``; user errors (bad config, dataset, checkpoint) exit 2 with one clear line."""
+    """Run ``main``; user errors (bad config, dataset, checkpoint, run folder) exit 2 with one clear line."""
     from core.checkpoint import CheckpointError
     from core.data.records import DatasetError
+    from core.engine.run_folder import RunFolderError
     from core.engine.signals import TrainingInterrupted
 
     try:
         sys.exit(main() or 0)
-    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as err:
+    except (ConfigError, DatasetError, CheckpointError, RunFolderError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except TrainingInterrupted as err:

@@ -203,7 +203,9 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     """Import the config module at ``path`` and apply ``Section.field=value`` overrides.
 
     Raises ``ConfigError`` naming the file for a missing module, an unknown field or a type
-    mismatch. Every section declared in ``config/base.py`` is present in the result.
+    mismatch. Every section declared in ``config/base.py`` is present in the result. A
+    ``General.name`` left empty (the base's default: the module did not set it, nor did an override)
+    becomes the file's stem, so ``config/effdet_b2.py`` runs in ``runs/effdet_b2``.
     """
     path = Path(path)
     if not path.is_file():
@@ -227,6 +229,8 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     cfg = Config(sections, source=str(path))
     for assignment in overrides:
         cfg.override(assignment)
+    if not cfg.General.name:  # neither the module nor an override named the run: it is named after the file
+        cfg.General.name = path.stem
     return cfg
 
 

@@ -21,21 +21,25 @@ class EpochSampler(Sampler[tuple[int, int]]):
     ``k``-th batches of all processes together hold exactly the items that one process with the
     total batch would see at step ``k``. The tail that does not fill a batch on every process is
     dropped. ``set_epoch(epoch, start)`` skips the first ``start`` items of this process, to
-    resume inside an epoch.
+    resume inside an epoch; ``set_epoch(epoch, seen=n)`` starts after the first ``n`` items of the
+    epoch's order, which all processes together have seen (as a checkpoint counts them): this holds
+    when the batch or the number of processes changed since, so no item is repeated or left out.
+    After a change the last batch may be smaller; every process gets the same number of items.
     """
 
     def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1):
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
-        self.epoch, self.start = 0, 0
+        self.epoch, self.seen = 0, 0
         total = batch_size * world_size
         self.per_rank = (size // total) * batch_size
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
+    def set_epoch(self, epoch: int, start: int = 0, seen: int | None = None) -> None:
+        self.epoch = epoch
+        self.seen = start * self.world_size if seen is None else seen
 
     def __len__(self) -> int:
-        return self.per_rank - self.start
+        return max(0, self.per_rank * self.world_size - self.seen) // self.world_size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
@@ -43,6 +47,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
             order = torch.randperm(self.size, generator=g).tolist()
         else:
             order = list(range(self.size))
-        mine = order[self.rank::self.world_size][: self.per_rank]
-        for index in mine[self.start:]:
+        # the k-th items of all processes are consecutive in the order, from the first one not yet seen
+        mine = order[self.seen + self.rank::self.world_size][: len(self)]
+        for index in mine:
             yield index, sample_seed(self.seed, self.epoch, index)

@@ -59,5 +59,6 @@ def check_precision(device: torch.device, precision: str) -> None:
 
 
 def run_dir(cfg: Any) -> Path:
-    """``General.work_dir / General.name``."""
-    return Path(cfg.General.work_dir) / cfg.General.name
+    """``General.work_dir / General.name`` (an empty name, which ``load_config`` never leaves, is the
+    config file's stem: never ``work_dir`` itself)."""
+    return Path(cfg.General.work_dir) / (cfg.General.name or Path(cfg.source).stem)

@@ -23,11 +23,12 @@ from core.data.loader import build_loader, start_workers
 from core.data.spec import DatasetSpec, load_dataset_spec
 from core.engine import distributed
 from core.engine.inference import evaluate_detections, predict_batches
+from core.engine.run_folder import RunFolderError, claim_run_folder, clear_run, config_changes, resume_command
 from core.engine.runtime import (autocast, check_precision, needs_grad_scaler, run_dir, seed_everything,
                                  select_device)
 from core.evaluation import coco_ground_truth
 from core.schedule import lr_factor
-from core.engine.signals import StopSignals, TrainingInterrupted
+from core.engine.signals import StopNow, StopSignals, TrainingInterrupted
 from core.pretrain import apply_pretrain
 from core.task import build_task
 from symbol.builder import build_detector
@@ -59,9 +60,17 @@ class Trainer:
     Writes into ``General.work_dir/General.name``: ``config.json`` (resolved config),
     ``log.jsonl``, ``epoch_NNNN.pt`` checkpoints (atomic, each epoch), ``curves.png``.
     Runs on one CPU or GPU, or under ``torchrun`` on many (only rank 0 writes).
+
+    The run folder is locked by rank 0 from here until :meth:`fit` ends (``RUN_DIR/.lock``; a second
+    trainer there is refused), and a folder that already holds a run is never written over: it is
+    continued with ``resume=True`` (refused if the checkpoint was trained on another network, classes or
+    data; other changes are followed and printed), or started afresh with ``overwrite=True``, which first
+    removes the files a run writes there (``core.engine.run_folder.RUN_FILES``). Without either such a
+    folder is refused (:class:`~core.engine.run_folder.RunFolderError`). An elastic restart under
+    ``torchrun`` resumes by itself.
     """
 
-    def __init__(self, cfg: Config, resume: bool = False):
+    def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False):
         self.cfg = cfg
         g = cfg.General
         self.dist = distributed.init()
@@ -71,6 +80,12 @@ class Trainer:
         check_precision(self.device, g.precision)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+        # rank 0 locks the folder; a fresh run never writes over one there (core.engine.run_folder)
+        self._lock, resume, overwrite = claim_run_folder(self.out, self.dist, resume, overwrite, self._print)
+        if self._lock is not None:  # freed when fit() ends, or when this trainer is dropped without fitting
+            import weakref
+
+            weakref.finalize(self, self._lock.release)
 
         self.spec: DatasetSpec = load_dataset_spec(cfg.dataset.data)
         # start-up dataset check: problems stop the run with the full report unless dataset.skip_bad_records
@@ -117,8 +132,15 @@ class Trainer:
         self.nonfinite_in_row = 0
         self.skipped_images = 0
         self.train_records_by_id = {r.image_id: r for r in train_records}
+        self.images_in_epoch = 0  # of the epoch's order, seen by all processes together (resumes at any batch)
+        self.eval_pending = False  # the epoch's evaluation was cut short by a signal: done first when resumed
+        self._train_ids = [r.image_id for r in train_records]  # the order the epoch's permutation indexes
         if resume:
             self._resume()
+        elif overwrite and self.dist.is_main:
+            removed = clear_run(self.out)
+            if removed:
+                self._print(f"--overwrite: removed {len(removed)} files of the previous run in {self.out}")
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
@@ -132,6 +154,13 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "config": self.cfg.to_dict(),
             "skipped_images": self.skipped_images,
+            # the position in the epoch as a count of images, and what it was counted with: a resume with
+            # another batch or number of processes continues at the same image
+            "images_in_epoch": self.images_in_epoch,
+            "total_batch": self.total_batch,
+            "world_size": self.dist.world_size,
+            "train_images": len(self._train_ids),
+            "eval_pending": self.eval_pending,
             "class_names": self.spec.class_names,
             "category_ids": self.spec.category_ids,
             "rng": {"torch": torch.get_rng_state(),
@@ -155,17 +184,54 @@ class Trainer:
             self._print(f"no checkpoint in {self.out} to resume from; starting at epoch {self.epoch}")
             return
         state, path = found
+        self._check_resumable(state, path)
         self.model.load_state_dict(state["model"])
         if self.ema and state["ema"] is not None:
             self.ema.module.load_state_dict(state["ema"])
+        elif self.ema:  # EMA turned on since: it starts from the resumed weights
+            self.ema.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] or not self.scaler.is_enabled():  # saved by a disabled scaler (fp32, bf16): nothing
+            self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.skipped_images = state.get("skipped_images", 0)
+        self.eval_pending = bool(state.get("eval_pending", False))
+        # older checkpoints count the position in steps of the batch they were written with, taken to be this one
+        self.images_in_epoch = state.get("images_in_epoch",
+                                         (self.step - self.epoch * self.steps_per_epoch) * self.total_batch)
         self._print(f"resumed from {path} (epoch {self.epoch}, step {self.step})")
+        saved_total, saved_world = state.get("total_batch"), state.get("world_size")
+        if saved_total is not None and (saved_total, saved_world) != (self.total_batch, self.dist.world_size):
+            self._print(f"resume: total batch {saved_total} ({saved_world} process(es)) -> {self.total_batch} "
+                        f"({self.cfg.General.batch_image} x {self.dist.world_size} process(es)), lr scaled to it; "
+                        f"epoch {self.epoch + 1} continues after its first {self.images_in_epoch} images, none "
+                        "repeated or left out")
+
+    def _check_resumable(self, state: dict[str, Any], path: Path) -> None:
+        """Refuse ``state`` when it was trained on another network, classes or data (one line naming every
+        field that differs, old and new value); print each change resume follows. Which is which is decided
+        in ``core.engine.run_folder`` (``RESUME_REFUSES`` / ``RESUME_FOLLOWS``)."""
+        refused, followed = [], []
+        if isinstance(state.get("config"), dict):
+            from core.config import config_from_dict
+
+            saved = config_from_dict(state["config"], str(path)).to_dict()  # fields declared since: defaults
+            refused, followed = config_changes(saved, self.cfg.to_dict())
+        for key, what in (("class_names", "class names"), ("category_ids", "category ids")):
+            old, new = state.get(key), getattr(self.spec, key)
+            if old is not None and list(old) != list(new):
+                refused.append(f"{what}: {list(old)!r} -> {list(new)!r}")
+        if state.get("train_images") is not None and state["train_images"] != len(self._train_ids):
+            refused.append(f"training images: {state['train_images']} -> {len(self._train_ids)}")
+        if refused:
+            raise RunFolderError(
+                f"cannot resume {self.out} from {path.name}: it was trained on another network, classes or data "
+                f"({'; '.join(refused)}); undo the change, or start a new run (another General.name, or --overwrite)")
+        for change in followed:
+            self._print(f"resume: {change}")
 
     # ------------------------------------------------------------------ output
     def _print(self, message: str) -> None:
@@ -225,14 +291,17 @@ class Trainer:
         tb.flush()
 
     def _truncate_log(self, step: int) -> None:
-        """Drop log rows written after ``step`` (work lost with an interrupted epoch)."""
+        """Drop log rows written after ``step`` (work lost with an interrupted epoch), and an evaluation
+        row at ``step`` when that evaluation is to be redone (``eval_pending``)."""
         log = self.out / "log.jsonl"
         if not self.dist.is_main or not log.exists():
             return
         kept = []
         for line in log.read_text().splitlines():
             try:
-                if json.loads(line)["step"] <= step:
+                row = json.loads(line)
+                redone = self.eval_pending and row.get("kind") == "eval"
+                if row["step"] < step or (row["step"] == step and not redone):
                     kept.append(line)
             except (ValueError, KeyError):
                 continue
@@ -242,7 +311,8 @@ class Trainer:
         if self.dist.is_main:
             save_checkpoint(self.state(), self.out / INTERRUPTED)
 
-    def _save(self) -> None:
+    def _save(self, state: dict[str, Any] | None = None) -> None:
+        """The epoch checkpoint of ``state`` (default: :meth:`state`); removes ``interrupted.pt`` and prunes."""
         if not self.dist.is_main:
             return
         bad = [k for k, v in self.model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
@@ -250,7 +320,7 @@ class Trainer:
             raise FloatingPointError(
                 f"{len(bad)} weight tensors are non-finite after epoch {self.epoch} (first: {bad[0]}); nothing saved, "
                 f"the checkpoints in {self.out} are intact: lower optimizer.lr or set optimizer.clip_grad_norm")
-        save_checkpoint(self.state(), checkpoint_path(self.out, self.epoch))
+        save_checkpoint(state or self.state(), checkpoint_path(self.out, self.epoch))
         (self.out / INTERRUPTED).unlink(missing_ok=True)  # superseded by the epoch checkpoint
         keep = self.cfg.General.keep_checkpoints
         if keep > 0:
@@ -262,8 +332,19 @@ class Trainer:
         """Train from the current step to ``schedule.end_epoch``; returns the last evaluation's stats.
 
         SIGINT / SIGTERM finish the current step, save ``interrupted.pt`` (resumable with
-        ``--resume``) and raise :class:`TrainingInterrupted`; a second signal stops at once.
+        ``--resume``) and raise :class:`TrainingInterrupted`; a second signal stops at once. One that
+        comes during an evaluation stops it (at once in a single process; multi-process runs finish it)
+        and saves the epoch's checkpoint, whose evaluation a resumed run then does first; one during a
+        checkpoint write stops the run right after it. The run folder's lock is released when this returns
+        or raises.
         """
+        try:
+            return self._fit()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def _fit(self) -> dict[str, float]:
         cfg = self.cfg
         self._truncate_log(self.step)  # rows of a killed attempt beyond the state we start from
         if self.dist.is_main:
@@ -276,13 +357,12 @@ class Trainer:
         stats: dict[str, float] = {}
         end = cfg.schedule.end_epoch
         with StopSignals() as stop:
+            if self.eval_pending:  # resumed from a checkpoint whose evaluation a signal cut short
+                stats = self._end_epoch(stop) or stats
             while self.epoch < end:
                 self._train_epoch(stop)
                 self.epoch += 1
-                every = cfg.schedule.eval_every
-                if self.val_records and every > 0 and (self.epoch % every == 0 or self.epoch == end):
-                    stats = self.evaluate()
-                self._save()
+                stats = self._end_epoch(stop) or stats
         if self.dist.is_main:
             from core.plot import plot_runs
 
@@ -294,11 +374,38 @@ class Trainer:
         distributed.barrier(self.dist)
         return stats
 
+    def _end_epoch(self, stop: "StopSignals") -> dict[str, float]:
+        """After an epoch: its evaluation when due, its checkpoint, and a stop when a signal came meanwhile.
+        Returns the evaluation's stats ({} when there was none)."""
+        stats: dict[str, float] = {}
+        every, end = self.cfg.schedule.eval_every, self.cfg.schedule.end_epoch
+        if self.val_records and every > 0 and (self.epoch % every == 0 or self.epoch == end):
+            # the RNG as the evaluation found it: a resumed run redoing it continues exactly as this one would
+            rng = self.state()["rng"] if self.dist.is_main else None
+            self.eval_pending = True
+            try:
+                with stop.urgent(self.dist.world_size == 1):  # gathering must not stop halfway on some ranks
+                    stats = self.evaluate()
+            except StopNow:
+                self._save({**self.state(), "rng": rng})
+                raise TrainingInterrupted(
+                    f"stopped by {stop.signal_name} during the evaluation after epoch {self.epoch}; "
+                    f"{checkpoint_path(self.out, self.epoch)} saved, its evaluation runs first when resumed; "
+                    f"continue with: {resume_command()}") from None
+        self.eval_pending = False  # done (or no longer due, after a change of schedule.eval_every)
+        self._save()
+        if self.epoch < end and distributed.any_true(stop.requested, self.dist):
+            raise TrainingInterrupted(
+                f"stopped by {stop.signal_name} after epoch {self.epoch}, step {self.step}; "
+                f"{checkpoint_path(self.out, self.epoch)} saved; continue with: {resume_command()}")
+        return stats
+
     def _train_epoch(self, stop: "StopSignals") -> None:
         cfg, g = self.cfg, self.cfg.General
         self.net.train()
-        done_in_epoch = self.step - self.epoch * self.steps_per_epoch  # > 0 when resuming mid-epoch
-        self.train_loader.sampler.set_epoch(self.epoch, done_in_epoch * g.batch_image)
+        # resumes at the same image of the epoch's order, whatever the batch and processes were then
+        self.train_loader.sampler.set_epoch(self.epoch, seen=self.images_in_epoch)
+        done_in_epoch = self.steps_per_epoch - len(self.train_loader)  # > 0 when resuming mid-epoch
         # a redrawn bar on a terminal; in a log file (CI, nohup, a scheduler) one line per log interval
         interactive = self.dist.is_main and sys.stderr.isatty()
         bar = tqdm(start_workers(self.train_loader), desc=f"epoch {self.epoch + 1}/{cfg.schedule.end_epoch}",
@@ -309,6 +416,7 @@ class Trainer:
         window_n, window_start = 0, time.perf_counter()
         for images, targets in bar:
             self.skipped_images += getattr(targets, "skipped", 0)
+            drawn = (len(targets) + getattr(targets, "skipped", 0)) * self.dist.world_size  # as many on every rank
             if len(targets):
                 losses = self._step(images, targets)
                 if losses is not None:
@@ -316,6 +424,7 @@ class Trainer:
                         window[k] = window.get(k, 0.0) + v
                     window_n += 1
             self.step += 1
+            self.images_in_epoch += drawn
             in_epoch += 1
             if window_n and (window_n >= g.log_frequency or in_epoch >= self.steps_per_epoch):
                 elapsed = time.perf_counter() - window_start
@@ -335,7 +444,8 @@ class Trainer:
                 self._save_interrupted()
                 raise TrainingInterrupted(
                     f"stopped by {stop.signal_name} at epoch {self.epoch + 1}, step {self.step}; state saved to "
-                    f"{self.out / INTERRUPTED}; continue with: python detection_train.py --config {cfg.source} --resume")
+                    f"{self.out / INTERRUPTED}; continue with: {resume_command()}")
+        self.images_in_epoch = 0
         if self.skipped_images:
             self._print(f"epoch {self.epoch + 1}: {self.skipped_images} unreadable images skipped so far "
                         "(dataset.skip_bad_images)")
@@ -343,7 +453,9 @@ class Trainer:
     def _step(self, images: torch.Tensor, targets: list[dict[str, Any]]) -> dict[str, float] | None:
         """One optimisation step; ``None`` when the loss was not finite and the step was skipped."""
         cfg = self.cfg
-        lr = self.base_lr * lr_factor(self.step, self.steps_per_epoch, cfg.schedule)
+        # the schedule's position from images seen (the step count itself runs on over a change of batch)
+        position = self.epoch * self.steps_per_epoch + self.images_in_epoch / self.total_batch
+        lr = self.base_lr * lr_factor(position, self.steps_per_epoch, cfg.schedule)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         images = images.to(self.device, non_blocking=True, memory_format=torch.channels_last)
