@@ -245,7 +245,7 @@ def test_resume_at_another_batch_sees_every_image_once(tiny_data: Path, tmp_path
     monkeypatch.setattr(Trainer, "_step", counting)  # no more signals
     capsys.readouterr()
     resumed = Trainer(config(tiny_data, tmp_path, "batch", 2, "General.batch_image=2"), resume=True)
-    assert "total batch 4 (1 process(es)) -> 2" in capsys.readouterr().err
+    said = capsys.readouterr().err
     resumed.fit()
     ids = sorted(r.image_id for r in resumed.train_loader.dataset.records)
     assert len(ids) == TRAIN_IMAGES
@@ -253,6 +253,7 @@ def test_resume_at_another_batch_sees_every_image_once(tiny_data: Path, tmp_path
         assert sorted(seen[epoch]) == ids, (epoch, Counter(seen[epoch]))
     steps = [r["step"] for r in log_rows(tmp_path / "batch")]
     assert steps == sorted(steps) and len(steps) == len(set(steps))  # the step count runs on
+    assert "total batch 4 (1 process(es)) -> 2" in said and "after its first 8 images" in said
     final = load_checkpoint(tmp_path / "batch" / "epoch_0002.pt")
     assert (final["step"], final["images_in_epoch"], final["total_batch"]) == (6 + 4, 0, 2)
 
@@ -340,16 +341,16 @@ def test_signal_during_evaluation_or_the_last_epoch_saves(tiny_data: Path, tmp_p
         with pytest.raises(TrainingInterrupted, match=f"during the evaluation after epoch {epoch}"):
             Trainer(config(tiny_data, tmp_path, "sig", 2, *args), resume=resume).fit()
         assert steps == list(range((epoch - 1) * STEPS_PER_EPOCH, epoch * STEPS_PER_EPOCH))  # not a step more
-        state = load_checkpoint(run / f"epoch_{epoch:04d}.pt")
-        assert state["eval_pending"] and state["step"] == epoch * STEPS_PER_EPOCH
-        assert not (run / "interrupted.pt").exists()
+        state = load_checkpoint(run / "interrupted.pt")
+        assert state["eval_pending"] and (state["epoch"], state["step"]) == (epoch, epoch * STEPS_PER_EPOCH)
+        assert [e for e, _ in list_checkpoints(run)] == list(range(1, epoch))
         assert [r["epoch"] for r in log_rows(run) if r["kind"] == "eval"] == list(range(1, epoch))
     monkeypatch.setattr(Trainer, "evaluate", real_evaluate)
     steps.clear()
     Trainer(config(tiny_data, tmp_path, "sig", 2, *args), resume=True).fit()  # only the evaluation was left
     assert steps == []
     final = load_checkpoint(run / "epoch_0002.pt")
-    assert not final["eval_pending"]
+    assert not final["eval_pending"] and not (run / "interrupted.pt").exists()
     for key, value in reference["model"].items():
         assert torch.equal(value, final["model"][key]), key
     assert log_rows(run) == log_rows(tmp_path / "ref")  # each evaluation once, with the same numbers

@@ -311,8 +311,7 @@ class Trainer:
         if self.dist.is_main:
             save_checkpoint(self.state(), self.out / INTERRUPTED)
 
-    def _save(self, state: dict[str, Any] | None = None) -> None:
-        """The epoch checkpoint of ``state`` (default: :meth:`state`); removes ``interrupted.pt`` and prunes."""
+    def _save(self) -> None:
         if not self.dist.is_main:
             return
         bad = [k for k, v in self.model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
@@ -320,7 +319,7 @@ class Trainer:
             raise FloatingPointError(
                 f"{len(bad)} weight tensors are non-finite after epoch {self.epoch} (first: {bad[0]}); nothing saved, "
                 f"the checkpoints in {self.out} are intact: lower optimizer.lr or set optimizer.clip_grad_norm")
-        save_checkpoint(state or self.state(), checkpoint_path(self.out, self.epoch))
+        save_checkpoint(self.state(), checkpoint_path(self.out, self.epoch))
         (self.out / INTERRUPTED).unlink(missing_ok=True)  # superseded by the epoch checkpoint
         keep = self.cfg.General.keep_checkpoints
         if keep > 0:
@@ -333,10 +332,9 @@ class Trainer:
 
         SIGINT / SIGTERM finish the current step, save ``interrupted.pt`` (resumable with
         ``--resume``) and raise :class:`TrainingInterrupted`; a second signal stops at once. One that
-        comes during an evaluation stops it (at once in a single process; multi-process runs finish it)
-        and saves the epoch's checkpoint, whose evaluation a resumed run then does first; one during a
-        checkpoint write stops the run right after it. The run folder's lock is released when this returns
-        or raises.
+        comes during an evaluation stops it at once (a single process; several processes finish it, then
+        stop after the next step) and saves ``interrupted.pt``, whose evaluation a resumed run does first.
+        The run folder's lock is released when this returns or raises.
         """
         try:
             return self._fit()
@@ -375,29 +373,28 @@ class Trainer:
         return stats
 
     def _end_epoch(self, stop: "StopSignals") -> dict[str, float]:
-        """After an epoch: its evaluation when due, its checkpoint, and a stop when a signal came meanwhile.
-        Returns the evaluation's stats ({} when there was none)."""
+        """After an epoch: its evaluation when due, then its checkpoint; returns the evaluation's stats ({}
+        when there was none). A signal during the evaluation (single process) stops it at once: the state
+        goes to ``interrupted.pt`` with ``eval_pending`` and the RNG the evaluation started from, so the
+        resumed run does that evaluation first and continues exactly as this one would have. A signal at
+        any other time is seen after the next step, as during an epoch."""
         stats: dict[str, float] = {}
         every, end = self.cfg.schedule.eval_every, self.cfg.schedule.end_epoch
         if self.val_records and every > 0 and (self.epoch % every == 0 or self.epoch == end):
-            # the RNG as the evaluation found it: a resumed run redoing it continues exactly as this one would
             rng = self.state()["rng"] if self.dist.is_main else None
             self.eval_pending = True
-            try:
-                with stop.urgent(self.dist.world_size == 1):  # gathering must not stop halfway on some ranks
+            try:  # with several processes, the evaluation finishes: gathering must not stop halfway on some
+                with stop.urgent(self.dist.world_size == 1):
                     stats = self.evaluate()
             except StopNow:
-                self._save({**self.state(), "rng": rng})
+                if self.dist.is_main:
+                    save_checkpoint({**self.state(), "rng": rng}, self.out / INTERRUPTED)
                 raise TrainingInterrupted(
-                    f"stopped by {stop.signal_name} during the evaluation after epoch {self.epoch}; "
-                    f"{checkpoint_path(self.out, self.epoch)} saved, its evaluation runs first when resumed; "
+                    f"stopped by {stop.signal_name} during the evaluation after epoch {self.epoch}; state saved to "
+                    f"{self.out / INTERRUPTED} (the evaluation runs first when resumed); "
                     f"continue with: {resume_command()}") from None
         self.eval_pending = False  # done (or no longer due, after a change of schedule.eval_every)
         self._save()
-        if self.epoch < end and distributed.any_true(stop.requested, self.dist):
-            raise TrainingInterrupted(
-                f"stopped by {stop.signal_name} after epoch {self.epoch}, step {self.step}; "
-                f"{checkpoint_path(self.out, self.epoch)} saved; continue with: {resume_command()}")
         return stats
 
     def _train_epoch(self, stop: "StopSignals") -> None:
