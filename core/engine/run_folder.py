@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import atexit
 import errno
-import fcntl
 import json
 import os
 import shlex
@@ -24,6 +23,11 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+try:
+    import fcntl
+except ImportError:  # not on POSIX: no lock (said when one is asked for)
+    fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".lock"
 # What a run writes into its folder, and so all that --overwrite removes (nothing else in the folder is touched):
@@ -186,6 +190,9 @@ def _own_restart(holder: dict[str, Any]) -> bool:
 def _take(path: Path, log: Callable[[str], None]) -> int | None:
     """Lock ``path`` for this process and write who holds it; the fd, or None where locking is not supported."""
     folder = path.parent
+    if fcntl is None:
+        log(f"warning: no file locks on this system; a second trainer in {folder} would not be kept out")
+        return None
     for _ in range(10):  # a holder releasing it removes the file: then lock the new one
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
