@@ -252,6 +252,14 @@ def test_nonfinite_steps_are_skipped_then_stop(tiny_data: Path, tmp_path: Path, 
     assert "step skipped" in err and ".jpg" in err  # the warning names the batch's images
     assert (tmp_path / "nan" / "epoch_0003.pt").read_bytes() == before
     assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values() if v.is_floating_point())
+    # weights that did go bad are never checkpointed, so no good checkpoint is pruned for them
+    saved = sorted(p.name for p in (tmp_path / "nan").glob("epoch_*.pt"))
+    with torch.no_grad():
+        next(trainer.model.parameters()).fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite after epoch"):
+        trainer._save()
+    assert sorted(p.name for p in (tmp_path / "nan").glob("epoch_*.pt")) == saved
+    assert (tmp_path / "nan" / "epoch_0003.pt").read_bytes() == before
 
 
 def test_unreadable_image_is_reported_or_skipped(tiny_data: Path, tmp_path: Path) -> None:
