@@ -6,6 +6,7 @@ import math
 import shutil
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,6 @@ class Trainer:
         # rank 0 locks the folder; a fresh run never writes over one there (core.engine.run_folder)
         self._lock, resume, overwrite = claim_run_folder(self.out, self.dist, resume, overwrite, self._print)
         if self._lock is not None:  # freed when fit() ends, or when this trainer is dropped without fitting
-            import weakref
-
             weakref.finalize(self, self._lock.release)
 
         self.spec: DatasetSpec = load_dataset_spec(cfg.dataset.data)
@@ -473,9 +472,10 @@ class Trainer:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optimizer.clip_grad_norm)
         else:
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            norm = (nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optimizer.clip_grad_norm)
-                    if cfg.optimizer.clip_grad_norm > 0 else nn.utils.get_total_norm(grads))
+            if cfg.optimizer.clip_grad_norm > 0:  # the clip computes the norm the check needs
+                norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optimizer.clip_grad_norm)
+            else:
+                norm = nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
             if not distributed.all_true(bool(torch.isfinite(norm)), self.dist):
                 self.optimizer.zero_grad(set_to_none=True)
                 self._nonfinite(targets, "gradients")
