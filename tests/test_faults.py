@@ -59,10 +59,10 @@ DRIVER = textwrap.dedent("""
             os._exit(9)
         steps_run[0] += 1
         return real_step(self, images, targets)
-    def evaluate(self):
+    def evaluate(self, *batches):
         if self.epoch == kill_in_eval:
             os._exit(9)
-        return real_evaluate(self)
+        return real_evaluate(self, *batches)
     Trainer._step, Trainer.evaluate = step, evaluate
     cfg = load_config({root!r} + "/config/demo.py", sys.argv[2:])
     trainer = Trainer(cfg, resume=sys.argv[1] == "resume")
@@ -313,3 +313,44 @@ def test_a_signal_while_loader_workers_start_does_not_kill_them(tmp_path: Path) 
                           start_new_session=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "batches 4 signals 1" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+
+
+WORKERS_AT_EXIT = textwrap.dedent("""
+    import multiprocessing, signal, sys, time
+    sys.path.insert(0, {root!r})
+    from torch.utils.data import DataLoader
+    from core.data.loader import ignore_stop_signals, start_workers
+
+    class Holder:  # a reference cycle: freed only by the garbage collector, which does not run before exit
+        pass
+
+    def stray():  # a worker left by an iterator whose construction was cut short: nobody will shut it down
+        ignore_stop_signals(0)
+        time.sleep(600)
+
+    holder = Holder()
+    holder.me = holder
+    holder.loader = DataLoader(list(range(8)), batch_size=2, num_workers=2, persistent_workers=True,
+                               worker_init_fn=ignore_stop_signals)
+    print("first batch", next(start_workers(holder.loader)).tolist(), flush=True)
+    child = multiprocessing.Process(target=stray, daemon=True)
+    child.start()
+    print("exiting", flush=True)
+""")
+
+
+def test_the_process_exits_with_loader_workers_still_alive(tmp_path: Path) -> None:
+    """Workers ignore SIGTERM, which multiprocessing's exit handler sends them before joining them:
+    without DetLab's own exit handler a run whose loaders were still alive at exit never ended."""
+    script = tmp_path / "exit.py"
+    script.write_text(WORKERS_AT_EXIT.format(root=str(ROOT)))
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError("the process did not exit:\n" + out[-3000:])
+    assert proc.returncode == 0, out[-3000:]
+    assert "first batch [0, 1]" in out and "exiting" in out and "Traceback" not in out, out[-3000:]

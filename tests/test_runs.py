@@ -327,10 +327,10 @@ def test_signal_during_evaluation_or_the_last_epoch_saves(tiny_data: Path, tmp_p
         return real_step(self, images, targets)
 
     def signalled_in(epoch):
-        def evaluate(self):
+        def evaluate(self, *batches):
             if self.epoch == epoch:
                 os.kill(os.getpid(), signal.SIGTERM)  # arrives while the evaluation runs
-            return real_evaluate(self)
+            return real_evaluate(self, *batches)
         return evaluate
 
     monkeypatch.setattr(Trainer, "_step", stepping)

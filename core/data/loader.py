@@ -1,8 +1,11 @@
 """DataLoaders for a config: dataset spec -> records -> transforms -> batches."""
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import signal
 import threading
+import weakref
 from typing import Any, Iterator
 
 import torch
@@ -59,13 +62,36 @@ def start_workers(loader: DataLoader) -> Iterator:
     unexpectedly" instead of saving. Blocked, the signal waits: the workers discard it, and the
     main process receives it as soon as the workers are started.
     """
-    if loader.num_workers == 0 or threading.current_thread() is not threading.main_thread():
+    if loader.num_workers == 0:
         return iter(loader)
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        return iter(loader)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    if threading.current_thread() is not threading.main_thread():
+        batches = iter(loader)
+    else:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            batches = iter(loader)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    _RUNNING.add(batches)
+    return batches
+
+
+_RUNNING: "weakref.WeakSet[Iterator]" = weakref.WeakSet()  # worker iterators start_workers made
+
+
+@atexit.register  # registered after multiprocessing's own exit handler, so it runs before it
+def _stop_workers_at_exit() -> None:
+    """Shut down the workers of every loader still alive at interpreter exit (a persistent iterator
+    kept by its loader until the garbage collector frees it), then kill any daemonic child left.
+    multiprocessing's exit handler would send them SIGTERM, which they ignore, and wait forever."""
+    for batches in list(_RUNNING):
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join()
 
 
 def ignore_stop_signals(worker_id: int) -> None:

@@ -8,7 +8,7 @@ import sys
 import time
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from timm.utils import ModelEmaV3
@@ -382,9 +382,12 @@ class Trainer:
         if self.val_records and every > 0 and (self.epoch % every == 0 or self.epoch == end):
             rng = self.state()["rng"] if self.dist.is_main else None
             self.eval_pending = True
+            # workers start outside the urgent part: a StopNow raised while they start would leave them
+            # half-started, never shut down, and the process hanging at exit
+            batches = start_workers(self.val_loader)
             try:  # with several processes, the evaluation finishes: gathering must not stop halfway on some
                 with stop.urgent(self.dist.world_size == 1):
-                    stats = self.evaluate()
+                    stats = self.evaluate(batches)
             except StopNow:
                 if self.dist.is_main:
                     save_checkpoint({**self.state(), "rng": rng}, self.out / INTERRUPTED)
@@ -501,11 +504,13 @@ class Trainer:
                 f"{NONFINITE_LIMIT} non-finite steps in a row (last at step {self.step}); stopping. The last "
                 f"good checkpoint in {self.out} is intact: lower optimizer.lr or check the images named above")
 
-    def evaluate(self) -> dict[str, float]:
-        """COCO metrics of the EMA (or plain) weights on the val split, computed by every process on
-        its share of the images and scored on rank 0; logged and returned there ({} elsewhere)."""
+    def evaluate(self, batches: Iterable[tuple[torch.Tensor, list[dict]]] | None = None) -> dict[str, float]:
+        """COCO metrics of the EMA (or plain) weights on the val split (``batches`` from the val loader,
+        by default the loader itself), computed by every process on its share of the images and scored
+        on rank 0; logged and returned there ({} elsewhere)."""
         model = self.ema.module if self.ema else self.model
-        detections = predict_batches(model, self.task, self.val_loader, self.device, self.cfg.General.precision)
+        batches = self.val_loader if batches is None else batches
+        detections = predict_batches(model, self.task, batches, self.device, self.cfg.General.precision)
         detections = distributed.gather_to_main(detections, self.dist)
         if not self.dist.is_main:
             return {}
