@@ -8,6 +8,16 @@
 boxes fusion; --ensemble adds other checkpoints (each with its embedded config, or CONFIG after
 '@') whose detections are fused with this model's by WBF. Both print the single model's AP next to
 theirs and write results_<split>_tta.json / results_<split>_ensemble.json.
+
+--tile SIZE [--overlap F] [--tile-merge nms|wbf] [--tile-full] also predicts overlapping SIZE x SIZE
+windows of each image (original pixels; core.tiling) and merges them, for large images with small
+objects (without the --tta passes); its AP is printed next to the single model's and
+results_<split>_tiled.json written.
+
+Every run writes a confusion matrix (core.confusion; rows predicted, columns true, with a
+background row for missed objects and a background column for false detections) at
+--confusion-iou (default 0.45) and --confusion-score (default 0.25): printed, and as
+confusion_<split>.png and .csv in the run folder (confusion_<split>_tiled.* for --tile).
 """
 from __future__ import annotations
 
@@ -42,10 +52,23 @@ def main() -> int:
     parser.add_argument("--ensemble-weights", metavar="W1,W2,...", help="WBF weight per model, this one first "
                         "(default: all 1)")
     parser.add_argument("--wbf-iou", type=float, default=0.55, help="IoU above which WBF joins boxes (default 0.55)")
+    from utils.predict import add_tile_arguments, tile_plan
+
+    add_tile_arguments(parser)
+    parser.add_argument("--confusion-iou", type=float, default=0.45, metavar="IOU", help="confusion matrix: IoU above "
+                        "which a detection matches an object (default 0.45)")
+    parser.add_argument("--confusion-score", type=float, default=0.25, metavar="S", help="confusion matrix: lowest "
+                        "score of a detection counted (default 0.25)")
     args = parser.parse_args()
     cfg = load_from_args(args)
-    if args.results and (args.tta or args.ensemble):
-        parser.error("--tta and --ensemble run models; they cannot be combined with --results")
+    if args.results and (args.tta or args.ensemble or args.tile):
+        parser.error("--tta, --ensemble and --tile run models; they cannot be combined with --results")
+    try:
+        args.tiling = tile_plan(args)
+    except ValueError as err:
+        parser.error(str(err))
+    if not 0.0 <= args.confusion_iou < 1.0:
+        parser.error(f"--confusion-iou {args.confusion_iou} must be in [0, 1)")
     if args.tta:
         from core.ensemble import TTAPlan
         try:
@@ -114,11 +137,67 @@ def main() -> int:
     print(format_per_class_table(result.per_class))
     curves = save_pr_curves(result, class_names, out / f"pr_curves_{args.split}")
     print(f"precision-recall curves: {len(curves)} PNGs in {out / f'pr_curves_{args.split}'}")
-    if args.tta or args.ensemble:
+    if args.results:
+        from core.confusion import detections_from_results
+
+        found = detections_from_results(results, category_ids)
+    else:
+        found = {i: (d.boxes, d.scores, d.labels) for i, d in detections.items()}
+    write_confusion(args, records, found, evaluated, class_names, out / f"confusion_{args.split}")
+    if args.tta or args.ensemble or args.tiling:
         rows = [(f"single model ({trained.source.name})", result)]
-        rows += compare_tta_ensemble(args, cfg, trained, device, records, coco_gt, detections, out)
+        if args.tiling:
+            rows += compare_tiled(args, cfg, trained, device, records, coco_gt, detections, out)
+        if args.tta or args.ensemble:
+            rows += compare_tta_ensemble(args, cfg, trained, device, records, coco_gt, detections, out)
         print(format_comparison(rows, args.split, len(records)))
     return 0
+
+
+def write_confusion(args: argparse.Namespace, records: list[ImageRecord], found: dict[int, tuple],
+                    evaluated: list[int] | None, class_names: list[str], stem: Path) -> None:
+    """Print the confusion matrix of ``found`` (``{image_id: (boxes xyxy original pixels, scores,
+    labels)}``) against the records' ground truth (those in ``evaluated``; None = all) and write it
+    to ``stem``.png and ``stem``.csv."""
+    import numpy as np
+
+    from core.confusion import confusion_matrix, format_confusion, save_confusion_png, write_confusion_csv
+
+    scored = records if evaluated is None else [r for r in records if r.image_id in set(evaluated)]
+    none = (np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))
+    matrix = confusion_matrix([found.get(r.image_id, none) for r in scored], [(r.boxes, r.labels) for r in scored],
+                              len(class_names), args.confusion_iou, args.confusion_score)
+    print(f"confusion matrix, {stem.name} (rows predicted, columns true; match IoU > {args.confusion_iou:g}, "
+          f"score >= {args.confusion_score:g}):")
+    print(format_confusion(matrix, class_names))
+    png = save_confusion_png(matrix, class_names, stem.with_name(stem.name + ".png"), args.confusion_iou,
+                             args.confusion_score)
+    csv_path = write_confusion_csv(matrix, class_names, stem.with_name(stem.name + ".csv"))
+    print(f"confusion matrix written to {png} and {csv_path}")
+
+
+def compare_tiled(args: argparse.Namespace, cfg: Config, trained: TrainedModel, device: torch.device,
+                  records: list[ImageRecord], coco_gt: Any, detections: dict[int, Detections],
+                  out: Path) -> list[tuple[str, EvalResult]]:
+    """Predict the records tile by tile (--tile), write results_<split>_tiled.json and the tiled
+    confusion matrix, return ``[(row name, EvalResult)]``."""
+    from core.engine.inference import coco_results
+    from core.engine.tester import write_json
+    from core.evaluation import evaluate
+    from core.predictor import Detector
+
+    det = Detector(trained.model, cfg, trained.class_names, trained.category_ids, device, task=trained.task,
+                   source=str(trained.source))
+    det.wbf_iou = args.wbf_iou
+    plan = args.tiling
+    print(f"tiled prediction: {plan.describe()}")
+    tiled = det.predict_records_tiled([r for r in records if r.image_id in detections], plan, progress=True)
+    results = coco_results(tiled, trained.category_ids)
+    write_json(results, out / f"results_{args.split}_tiled.json")
+    write_confusion(args, records, {i: (d.boxes, d.scores, d.labels) for i, d in tiled.items()}, list(tiled),
+                    trained.class_names, out / f"confusion_{args.split}_tiled")
+    return [(f"tiled ({plan.describe()})", evaluate(coco_gt, results, trained.class_names, trained.category_ids,
+                                                   image_ids=list(detections)))]
 
 
 COMPARED = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")

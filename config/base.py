@@ -60,6 +60,9 @@ class dataset(Section):
     skip_bad_images = False      # True: images that fail to decode are skipped and counted, not fatal
     skip_bad_records = False     # True: train without the images a start-up dataset check finds problems in
                                  # (missing/unreadable image, bad box, unknown class) and print how many; False: refuse
+    tile = 0                     # training on large pictures: > 0 cuts a random tile x tile window of original pixels
+                                 # from each picture before the resize (boxes clipped; dropped when under 20% of their
+                                 # area is left); set image_size = tile and predict with --tile (core.tiling). 0 = off
 
 
 class augment(Section):

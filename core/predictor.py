@@ -8,11 +8,14 @@ a dict of sections) and its class names, so no config file is needed::
     pred.boxes, pred.scores, pred.names       # xyxy in pixels of the picture as given
 
 Test-time augmentation (``tta=TTAPlan.parse("flip,0.8,1.2")``) runs extra passes (mirrored,
-rescaled inputs) and fuses them with weighted boxes fusion.
+rescaled inputs) and fuses them with weighted boxes fusion. Tiled prediction
+(``tiling=TilePlan(256, 0.2)``, ``core.tiling``) predicts overlapping windows of a large picture
+at their own resolution and merges their detections.
 """
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -22,10 +25,11 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from core.checkpoint import CheckpointError, load_checkpoint
 from core.config import Config, config_from_dict, load_config
-from core.data.dataset import DetectionDataset, collate
+from core.data.dataset import DetectionDataset, collate, load_image
 from core.data.image_io import open_image, to_rgb
 from core.data.records import ImageRecord
 from core.data.transforms import DetectionTransform, build_transform
@@ -33,6 +37,7 @@ from core.engine.runtime import autocast, select_device
 from core.ensemble import WBF_IOU, TTAPlan, flip_inputs, fuse_detections, scaled_size, unflip_boxes
 from core.postprocess import Detections, detections_to_cpu
 from core.task import build_task
+from core.tiling import TilePlan, merge_detections, shift_detections, tile_count, tile_windows
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 TTA_SIZE_MULTIPLE = 32  # rescaled TTA inputs are rounded to a multiple of this (the P5 stride)
@@ -178,11 +183,53 @@ class Detector:
             return runs[0]
         return {i: self._fuse([run[i] for run in runs]) for i in runs[0]}
 
+    def predict_records_tiled(self, records: Sequence[ImageRecord], tiling: TilePlan, tta: TTAPlan | None = None,
+                              batch_size: int | None = None, progress: bool = False) -> dict[int, Detections]:
+        """Tiled detections (:meth:`detect_tiled`) per ``image_id`` of dataset records, boxes xyxy
+        original pixels. The pictures (``core.data.dataset.load_image``) are read and predicted a
+        group at a time, as many as give ``batch_size`` (default ``test.batch_image``) windows."""
+        bs = batch_size or self.cfg.test.batch_image
+        out: dict[int, Detections] = {}
+        group: list[ImageRecord] = []
+        windows = 0
+        for k, rec in enumerate(tqdm(records, desc="tiles", disable=not (progress and sys.stderr.isatty()),
+                                     leave=False, file=sys.stderr)):
+            group.append(rec)
+            windows += tile_count(rec.width, rec.height, tiling)
+            if windows >= bs or k == len(records) - 1:
+                for r, det in zip(group, self.detect_tiled([load_image(r) for r in group], tiling, tta, bs)):
+                    out[r.image_id] = det
+                group, windows = [], 0
+        return out
+
     # ------------------------------------------------------------------ pictures
-    def predict_many(self, images: Sequence[ImageInput], score_thresh: float = 0.0, tta: TTAPlan | None = None,
-                     batch_size: int | None = None) -> list[Prediction]:
-        """:meth:`predict` for several pictures, batched."""
-        pictures = [to_pil(im) for im in images]
+    def detect_tiled(self, pictures: Sequence[Image.Image], tiling: TilePlan, tta: TTAPlan | None = None,
+                     batch_size: int | None = None) -> list[Detections]:
+        """Detections of each RGB picture (xyxy in its pixels, best first) from its overlapping
+        ``tiling.size`` windows (``core.tiling.tile_windows``), each predicted by
+        :meth:`detect_pictures` as a picture of its own (with ``tta``), moved back by the window's
+        corner and merged (``core.tiling.merge_detections``) with the other windows' and, when
+        ``tiling.full``, the whole picture's."""
+        crops, owner, corners = [], [], []
+        for i, pic in enumerate(pictures):
+            for x0, y0, x1, y1 in tile_windows(pic.width, pic.height, tiling.size, tiling.overlap):
+                crops.append(pic.crop((x0, y0, x1, y1)))
+                owner.append(i)
+                corners.append((x0, y0))
+        parts: list[list[Detections]] = [[] for _ in pictures]
+        for i, corner, det in zip(owner, corners, self.detect_pictures(crops, tta, batch_size)):
+            parts[i].append(shift_detections(det, *corner))
+        if tiling.full:
+            for i, det in enumerate(self.detect_pictures(pictures, tta, batch_size)):
+                parts[i].append(det)
+        iou = tiling.iou if tiling.iou is not None else (self.cfg.test.nms_thresh if tiling.merge == "nms"
+                                                         else self.wbf_iou)
+        return [merge_detections(p, tiling.merge, iou, self.cfg.test.max_det_per_image) for p in parts]
+
+    def detect_pictures(self, pictures: Sequence[Image.Image], tta: TTAPlan | None = None,
+                        batch_size: int | None = None) -> list[Detections]:
+        """Detections of each RGB picture, boxes xyxy in its pixels (the TTA passes fused by WBF),
+        ``batch_size`` pictures per forward pass."""
         plan = tta or TTAPlan()
         bs = batch_size or self.cfg.test.batch_image
         passes: list[list[Detections]] = [[] for _ in pictures]
@@ -199,9 +246,18 @@ class Detector:
                 for flip in flips:
                     for k, det in enumerate(self.forward(batch, targets, flip)):
                         passes[start + k].append(det)
+        return [self._fuse(dets) for dets in passes]
+
+    def predict_many(self, images: Sequence[ImageInput], score_thresh: float = 0.0, tta: TTAPlan | None = None,
+                     batch_size: int | None = None, tiling: TilePlan | None = None) -> list[Prediction]:
+        """:meth:`predict` for several pictures, batched (with ``tiling``: their windows)."""
+        pictures = [to_pil(im) for im in images]
+        if tiling is not None:
+            found = self.detect_tiled(pictures, tiling, tta, batch_size)
+        else:
+            found = self.detect_pictures(pictures, tta, batch_size)
         out = []
-        for dets in passes:
-            det = self._fuse(dets)
+        for det in found:
             keep = det.scores >= score_thresh
             boxes, scores, labels = det.boxes[keep].numpy(), det.scores[keep].numpy(), det.labels[keep].numpy()
             order = np.argsort(-scores, kind="stable")
@@ -210,14 +266,16 @@ class Detector:
                                   [self.class_names[c] for c in labels.tolist()]))
         return out
 
-    def predict(self, image: ImageInput, score_thresh: float = 0.0, tta: TTAPlan | None = None) -> Prediction:
+    def predict(self, image: ImageInput, score_thresh: float = 0.0, tta: TTAPlan | None = None,
+                tiling: TilePlan | None = None) -> Prediction:
         """Detect objects in one picture (a path, PIL image or ``[H, W, 3]`` uint8 RGB array).
 
         Boxes are xyxy in pixels of the picture as given (not of the network input), clipped to
         it; detections scoring below ``score_thresh`` (and the config's ``test.min_det_score``)
-        are left out.
+        are left out. ``tiling``: predict overlapping windows of the picture and merge them
+        (``core.tiling``; the windows go through the network in batches of ``test.batch_image``).
         """
-        return self.predict_many([image], score_thresh, tta, batch_size=1)[0]
+        return self.predict_many([image], score_thresh, tta, batch_size=None if tiling else 1, tiling=tiling)[0]
 
 
 def _group_passes(plan: TTAPlan) -> list[tuple[float, tuple[bool, ...]]]:

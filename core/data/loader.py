@@ -23,7 +23,8 @@ def build_loader(cfg: Any, records: list[ImageRecord], train: bool, batch_size: 
     """A DataLoader yielding ``(images [B, 3, S, S], targets)`` (see ``core.data.dataset``).
 
     Training loaders augment (scale, crop, flip, and what the config's ``augment`` section turns
-    on: photometric jitter, mosaic, MixUp, CutMix), draw a seeded order per epoch through an
+    on: photometric jitter, mosaic, MixUp, CutMix; with ``dataset.tile`` a random tile of each
+    picture first), draw a seeded order per epoch through an
     :class:`~core.data.sampler.EpochSampler` (call ``loader.sampler.set_epoch(epoch, start)``)
     and give process ``rank`` of ``world_size`` its shard; evaluation loaders read every record
     in order, unaugmented.
@@ -33,7 +34,8 @@ def build_loader(cfg: Any, records: list[ImageRecord], train: bool, batch_size: 
     transform = build_transform(d.image_size, d.mean, d.std, train=train,
                                 hflip_prob=d.hflip_prob if train else 0.0,
                                 scale_range=(d.scale_min, d.scale_max) if train else (1.0, 1.0),
-                                photometric=augment.photometric if augment is not None else None)
+                                photometric=augment.photometric if augment is not None else None,
+                                tile=getattr(d, "tile", 0) if train else 0)
     dataset = DetectionDataset(records, transform, skip_bad=d.skip_bad_images, augment=augment)
     sampler = EpochSampler(len(dataset), batch_size, shuffle=True, seed=seed, rank=rank,
                            world_size=world_size) if train else None

@@ -91,19 +91,23 @@ def _colour(cls: int, rng: np.random.Generator) -> np.ndarray:
     return np.array(rgb, dtype=np.float32) * 255.0
 
 
-def render_image(rng: np.random.Generator, size: int) -> tuple[Image.Image, list[tuple[int, list[float]]]]:
+def render_image(rng: np.random.Generator, size: int, sides: tuple[int, int] | None = None,
+                 objects: tuple[int, int] = (1, 6)) -> tuple[Image.Image, list[tuple[int, list[float]]]]:
     """One synthetic picture and its objects as ``(class index, [x1, y1, x2, y2])``, tight xyxy
-    boxes in the picture's pixels (continuous coordinates, exclusive right/bottom)."""
+    boxes in the picture's pixels (continuous coordinates, exclusive right/bottom).
+
+    ``sides``: the range of box sides in pixels (default ``MIN_SIDE`` to ``MAX_SIDE_FRAC`` of
+    ``size``); ``objects``: the least and most objects tried (fewer when they do not fit)."""
     img = _background(rng, size)
-    max_side = max(MIN_SIDE + 1, int(MAX_SIDE_FRAC * size))
+    min_side, max_side = (MIN_SIDE, max(MIN_SIDE + 1, int(MAX_SIDE_FRAC * size))) if sides is None else sides
     placed: list[np.ndarray] = []
     classes: list[int] = []
-    for _ in range(int(rng.integers(1, 7))):
+    for _ in range(int(rng.integers(objects[0], objects[1] + 1))):
         for _attempt in range(50):
-            side = math.exp(rng.uniform(math.log(MIN_SIDE), math.log(max_side)))
+            side = math.exp(rng.uniform(math.log(min_side), math.log(max_side)))
             aspect = math.exp(rng.uniform(-0.22, 0.22))
-            w = int(np.clip(round(side * aspect), MIN_SIDE, max_side))
-            h = int(np.clip(round(side / aspect), MIN_SIDE, max_side))
+            w = int(np.clip(round(side * aspect), min_side, max_side))
+            h = int(np.clip(round(side / aspect), min_side, max_side))
             x0, y0 = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
             box = np.array([x0, y0, x0 + w, y0 + h], dtype=np.float64)
             if not _overlaps(box, placed):
