@@ -304,13 +304,13 @@ def test_predict_takes_folders_globs_and_videos(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(Detector, "from_checkpoint", classmethod(lambda cls, *a, **k: fake))
     out = tmp_path / "out"
     code = predict.main(["--weights", "unused.pt", str(folder), str(other / "*.png"), "--out", str(out / "p.json"),
-                         "--log-every", "4", "--batch", "3", "--vis-score", "0.5"])
+                         "--log-every", "2", "--batch", "3", "--vis-score", "0.5"])
     assert code == 0
     err = capsys.readouterr().err
-    # batches of 3, a line each time a multiple of 4 is passed, and one at the end
+    # batches of 3, a line each time a multiple of 2 is passed, and one at the end unless just printed
     progress = [line.split(" (")[0] for line in err.splitlines() if " frames (" in line or " pictures (" in line]
-    assert progress == ["pictures: 3/3 pictures", "clip.mp4: 6/10 frames", "clip.mp4: 9/10 frames",
-                        "clip.mp4: 10/10 frames"], err
+    assert progress == ["pictures: 3/3 pictures", "clip.mp4: 3/10 frames", "clip.mp4: 6/10 frames",
+                        "clip.mp4: 9/10 frames", "clip.mp4: 10/10 frames"], err
     rows = json.loads((out / "p.json").read_text())
     assert sorted({Path(r["file_name"]).name for r in rows}) == ["a.png", "b.jpg", "c.png"]
     a = [r for r in rows if r["file_name"].endswith("a.png")]

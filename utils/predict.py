@@ -90,6 +90,7 @@ class Progress:
 
         self.desc, self.total, self.unit, self.every = desc, total, unit, max(1, int(every))
         self.done, self.start, self._clock = 0, time.perf_counter(), time.perf_counter
+        self.shown = -1  # ``done`` when the last line was printed
         self.bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
                         leave=False) if sys.stderr.isatty() else None
 
@@ -103,10 +104,11 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        elif self.done % self.every or self.done == 0:  # the last line, unless just printed
+        elif self.done != self.shown:  # the last line, unless just printed
             self._line()
 
     def _line(self) -> None:
+        self.shown = self.done
         rate = self.done / max(self._clock() - self.start, 1e-9)
         total = "?" if not self.total else str(self.total)
         print(f"{self.desc}: {self.done}/{total} {self.unit} ({rate:.1f} {self.unit}/s)", file=sys.stderr, flush=True)
