@@ -40,7 +40,8 @@ if TYPE_CHECKING:  # the heavy imports stay inside main()
 def main() -> int:
     parser = config_parser(__doc__)
     parser.add_argument("--epoch", type=int, help="checkpoint epoch of this run (default: newest)")
-    parser.add_argument("--weights", help="checkpoint file (default: this run's newest)")
+    parser.add_argument("--weights", help="checkpoint file, or 'best' for this run's best.pt "
+                        "(default: this run's newest)")
     parser.add_argument("--split", default="val", help="dataset split to test on (default: val)")
     parser.add_argument("--results", help="evaluate this COCO results json instead of running a model")
     parser.add_argument("--vis", metavar="DIR", help="save images with their detections drawn into DIR")

@@ -37,6 +37,8 @@ class schedule(Section):
     lr_gamma = 0.1
     min_lr_ratio = 0.0           # cosine floor as a fraction of the base lr
     eval_every = 1               # epochs between evaluations on the val split (0 = never)
+    best_metric = "AP"           # evaluation stat whose best value is kept as best.pt (AP, AP50, APs, ...)
+    patience = 0                 # stop after this many evaluations without a better best_metric (0 = never)
 
 
 class optimizer(Section):

@@ -354,3 +354,42 @@ def test_signal_during_evaluation_or_the_last_epoch_saves(tiny_data: Path, tmp_p
     for key, value in reference["model"].items():
         assert torch.equal(value, final["model"][key]), key
     assert log_rows(run) == log_rows(tmp_path / "ref")  # each evaluation once, with the same numbers
+
+
+# ----------------------------------------------------------------------------- 8. best checkpoint and patience
+
+
+def test_best_checkpoint_and_patience(tiny_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """best.pt holds the state after the best evaluation and survives pruning; schedule.patience stops the
+    run after that many evaluations without a better one, also when resumed; --weights best finds it."""
+    from core.engine.tester import find_weights
+
+    scripted = {1: 0.10, 2: 0.30, 3: 0.20, 4: 0.30, 5: 0.25, 6: 0.50, 7: 0.60}  # AP after each epoch
+
+    def evaluate(self, *batches):
+        return {"AP": scripted[self.epoch], "AP50": 1.0 - scripted[self.epoch]}  # AP50 falls as AP rises
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    extra = ("schedule.eval_every=1", "schedule.patience=3", "General.keep_checkpoints=1")
+    cfg = config(tiny_data, tmp_path, "best", 8, *extra)
+    Trainer(cfg).fit()
+    run = tmp_path / "best"
+    out = capsys.readouterr().err
+    assert "early stop after epoch 5: AP has not improved for 3 evaluations" in out, out
+    assert "best 0.3000 at epoch 2" in out  # an equal AP (epoch 4) is no improvement
+    assert [p.name for _, p in list_checkpoints(run)] == ["epoch_0005.pt"]
+    best = load_checkpoint(run / "best.pt")
+    assert best["epoch"] == 2 and best["best"]["value"] == 0.30
+    assert find_weights(cfg, None, "best") == run / "best.pt"
+
+    Trainer(config(tiny_data, tmp_path, "best", 8, *extra), resume=True).fit()  # still out of patience
+    assert "early stop after epoch 5" in capsys.readouterr().err
+    assert load_checkpoint(list_checkpoints(run)[-1][1])["step"] == 5 * STEPS_PER_EPOCH
+
+    # another metric starts afresh: AP50 0.5 after epoch 6 is its first best, 0.4 after epoch 7 no better
+    Trainer(config(tiny_data, tmp_path, "best", 8, *extra[:2], "schedule.best_metric=AP50",
+                   "schedule.patience=1"), resume=True).fit()
+    assert "early stop after epoch 7: AP50 has not improved for 1 evaluations" in capsys.readouterr().err
+    assert load_checkpoint(run / "best.pt")["epoch"] == 6
+    with pytest.raises(CheckpointError, match="no best.pt"):
+        find_weights(config(tiny_data, tmp_path, "none"), None, "best")

@@ -30,10 +30,16 @@ class TrainedModel:
 
 
 def find_weights(cfg: Config, epoch: int | None = None, weights: str | None = None) -> Path:
-    """``weights`` if given, else the run's checkpoint of ``epoch``, else its newest checkpoint."""
+    """``weights`` if given (``"best"``: the run's ``best.pt``), else the run's checkpoint of ``epoch``,
+    else its newest checkpoint."""
+    out = run_dir(cfg)
+    if weights == "best":
+        if not (out / "best.pt").exists():
+            raise CheckpointError(f"no best.pt in {out}: it is written after an evaluation (schedule.eval_every > 0) "
+                                  "that beats the previous ones; pass --weights FILE or --epoch N instead")
+        return out / "best.pt"
     if weights:
         return Path(weights)
-    out = run_dir(cfg)
     if epoch is not None:
         return checkpoint_path(out, epoch)
     found = load_latest(out, allow_pickle=cfg.pretrain.allow_pickle)

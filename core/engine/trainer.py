@@ -18,7 +18,7 @@ from tqdm import tqdm
 from core.anchor_fit import check_anchors
 from core.checkpoint import (CheckpointError, PickleRequiredError, checkpoint_path, list_checkpoints,
                              load_checkpoint, load_latest, save_checkpoint)
-from core.config import Config
+from core.config import Config, ConfigError
 from core.data.check import load_checked_records
 from core.data.loader import build_loader, start_workers
 from core.data.spec import DatasetSpec, load_dataset_spec
@@ -27,7 +27,7 @@ from core.engine.inference import evaluate_detections, predict_batches
 from core.engine.run_folder import RunFolderError, claim_run_folder, clear_run, config_changes, resume_command
 from core.engine.runtime import (autocast, check_precision, needs_grad_scaler, run_dir, seed_everything,
                                  select_device)
-from core.evaluation import coco_ground_truth
+from core.evaluation import STAT_NAMES, coco_ground_truth
 from core.schedule import lr_factor
 from core.engine.signals import StopNow, StopSignals, TrainingInterrupted
 from core.pretrain import apply_pretrain
@@ -38,6 +38,7 @@ TENSORBOARD_DIR = "tensorboard"  # TensorBoard event files, next to log.jsonl
 TENSORBOARD_IMAGES = 4  # validation images drawn with their detections at each evaluation
 TENSORBOARD_SCORE = 0.3  # lowest score drawn on them
 INTERRUPTED = "interrupted.pt"  # checkpoint written when a run is stopped by a signal mid-epoch
+BEST = "best.pt"  # the state after the best evaluation by schedule.best_metric; never pruned
 NONFINITE_LIMIT = 5  # consecutive non-finite losses after which a run stops
 
 
@@ -74,6 +75,9 @@ class Trainer:
     def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False):
         self.cfg = cfg
         g = cfg.General
+        if cfg.schedule.best_metric not in STAT_NAMES:
+            raise ConfigError(f"schedule.best_metric '{cfg.schedule.best_metric}' is not an evaluation stat; "
+                              f"use one of {', '.join(STAT_NAMES)}")
         self.dist = distributed.init()
         self.device = select_device(g.device)
         seed_everything(g.seed + self.dist.rank, g.deterministic)
@@ -133,6 +137,9 @@ class Trainer:
         self.train_records_by_id = {r.image_id: r for r in train_records}
         self.images_in_epoch = 0  # of the epoch's order, seen by all processes together (resumes at any batch)
         self.eval_pending = False  # the epoch's evaluation was cut short by a signal: done first when resumed
+        # the best evaluation so far by schedule.best_metric, and how many have not beaten it since
+        self.best: dict[str, Any] = {"metric": cfg.schedule.best_metric, "value": -math.inf, "epoch": 0,
+                                     "evals_since": 0}
         self._train_ids = [r.image_id for r in train_records]  # the order the epoch's permutation indexes
         if resume:
             self._resume()
@@ -160,6 +167,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "train_images": len(self._train_ids),
             "eval_pending": self.eval_pending,
+            "best": self.best,
             "class_names": self.spec.class_names,
             "category_ids": self.spec.category_ids,
             "rng": {"torch": torch.get_rng_state(),
@@ -198,6 +206,8 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.skipped_images = state.get("skipped_images", 0)
         self.eval_pending = bool(state.get("eval_pending", False))
+        if state.get("best") and state["best"]["metric"] == self.cfg.schedule.best_metric:
+            self.best = state["best"]  # another best_metric starts its count afresh
         # older checkpoints count the position in steps of the batch they were written with, taken to be this one
         self.images_in_epoch = state.get("images_in_epoch",
                                          (self.step - self.epoch * self.steps_per_epoch) * self.total_batch)
@@ -356,7 +366,7 @@ class Trainer:
         with StopSignals() as stop:
             if self.eval_pending:  # resumed from a checkpoint whose evaluation a signal cut short
                 stats = self._end_epoch(stop) or stats
-            while self.epoch < end:
+            while self.epoch < end and not self._out_of_patience():
                 self._train_epoch(stop)
                 self.epoch += 1
                 stats = self._end_epoch(stop) or stats
@@ -396,8 +406,33 @@ class Trainer:
                     f"{self.out / INTERRUPTED} (the evaluation runs first when resumed); "
                     f"continue with: {resume_command()}") from None
         self.eval_pending = False  # done (or no longer due, after a change of schedule.eval_every)
+        improved = self._track_best(stats)
         self._save()
+        if improved and self.dist.is_main:  # the epoch's state, under a name pruning never touches
+            save_checkpoint(self.state(), self.out / BEST)
         return stats
+
+    def _track_best(self, stats: dict[str, float]) -> bool:
+        """Count this evaluation against the best ``schedule.best_metric`` so far; True when it is a new best."""
+        if not stats:
+            return False
+        metric, value = self.cfg.schedule.best_metric, stats[self.cfg.schedule.best_metric]
+        if value > self.best["value"]:
+            self.best = {"metric": metric, "value": value, "epoch": self.epoch, "evals_since": 0}
+            return True
+        self.best["evals_since"] += 1
+        return False
+
+    def _out_of_patience(self) -> bool:
+        """True (and said once) when ``schedule.patience`` evaluations in a row did not beat the best."""
+        patience = self.cfg.schedule.patience
+        # rank 0 alone scores the evaluations: the others follow its decision
+        if patience <= 0 or not distributed.any_true(self.best["evals_since"] >= patience, self.dist):
+            return False
+        self._print(f"early stop after epoch {self.epoch}: {self.best['metric']} has not improved for "
+                    f"{self.best['evals_since']} evaluations (schedule.patience {patience}); best "
+                    f"{self.best['value']:.4f} at epoch {self.best['epoch']}, kept in {self.out / BEST}")
+        return True
 
     def _train_epoch(self, stop: "StopSignals") -> None:
         cfg, g = self.cfg, self.cfg.General
