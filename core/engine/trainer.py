@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import contextlib
 import math
 import shutil
 import sys
@@ -99,7 +100,12 @@ class Trainer:
         train_records = checked["train"]
         self.val_records = checked.get("val", [])
         check_anchors(cfg, train_records, log=self._print)  # share of boxes the anchors match; anchors.auto: a fit
-        self.train_loader = build_loader(cfg, train_records, train=True, batch_size=g.batch_image, seed=g.seed,
+        if not isinstance(g.accumulate, int) or g.accumulate < 1:
+            raise ConfigError(f"General.accumulate = {g.accumulate!r}: set a whole number of forward passes per "
+                              "optimizer step, 1 or more")
+        # a step's batch comes whole from the loader; _step runs it as `accumulate` forward passes
+        self.train_loader = build_loader(cfg, train_records, train=True, batch_size=g.batch_image * g.accumulate,
+                                         seed=g.seed,
                                          rank=self.dist.rank, world_size=self.dist.world_size)
         # each process evaluates its share of the val images; rank 0 gathers and scores them
         self.val_loader = build_loader(cfg, self.val_records[self.dist.rank::self.dist.world_size], train=False,
@@ -107,7 +113,8 @@ class Trainer:
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
             raise ValueError(f"{self.spec.path}: {len(train_records)} training images are fewer than one batch "
-                             f"(General.batch_image = {g.batch_image} per process x {self.dist.world_size})")
+                             f"(General.batch_image = {g.batch_image} x accumulate {g.accumulate} per process "
+                             f"x {self.dist.world_size})")
 
         # channels_last is faster for these convnets on GPUs and on CPUs alike
         self.model = build_detector(cfg, self.spec.num_classes).to(self.device, memory_format=torch.channels_last)
@@ -121,7 +128,7 @@ class Trainer:
         # BatchNorm statistics move in the forward pass: a skipped step puts them back from this copy
         self._buffers = list(self.model.buffers())
         self._buffers_before_step = [b.detach().clone() for b in self._buffers]
-        self.total_batch = g.batch_image * self.dist.world_size
+        self.total_batch = g.batch_image * g.accumulate * self.dist.world_size  # images per optimizer step
         self.base_lr = cfg.optimizer.lr * self.total_batch / cfg.optimizer.lr_batch
         self.optimizer = build_optimizer(self.model, cfg.optimizer)
         self.ema = ModelEmaV3(self.model, decay=cfg.optimizer.ema_decay, use_warmup=True) \
@@ -495,15 +502,11 @@ class Trainer:
         images = images.to(self.device, non_blocking=True, memory_format=torch.channels_last)
         if self._buffers:
             torch._foreach_copy_(self._buffers_before_step, self._buffers)
-        with autocast(self.device, cfg.General.precision):
-            outputs = self.net(images)
-        losses = self.task.loss(outputs, images, targets, average=distributed.averager(self.dist))
-        loss = losses["loss"]
         self.optimizer.zero_grad(set_to_none=True)
-        if not distributed.all_true(bool(torch.isfinite(loss)), self.dist):
+        losses = self._forward_backward(images, targets)
+        if losses is None:
             self._nonfinite(targets, "loss")
             return None
-        self.scaler.scale(loss).backward()
         if self.scaler.is_enabled():
             # fp16: the scaler itself skips steps whose gradients overflowed and lowers its scale
             if cfg.optimizer.clip_grad_norm > 0:
@@ -524,6 +527,55 @@ class Trainer:
         if self.ema:
             self.ema.update(self.model, step=self.step)
         return {k: float(v.detach()) for k, v in losses.items()}
+
+    def _forward_backward(self, images: torch.Tensor, targets: list[dict[str, Any]]) -> dict[str, torch.Tensor] | None:
+        """Gradients of the step's loss in ``General.accumulate`` forward passes of ``batch_image`` images;
+        returns the loss parts averaged over them, or ``None`` (nothing applied) when one was not finite.
+
+        Each pass normalises by the mean over the passes (and processes) of the counts the loss divides
+        by (positive anchors, YOLO matches), counted first on zero outputs of the same shapes, and its
+        gradient counts ``1 / accumulate``: the passes add up to what ``accumulate`` processes give, which
+        for the anchor heads is the gradient of the whole batch in one pass (frozen BatchNorm aside)."""
+        passes = self.cfg.General.accumulate
+        size = -(-len(targets) // passes)
+        chunks = [(images[i:i + size], targets[i:i + size]) for i in range(0, len(targets), size)]
+        passes = len(chunks)  # fewer when a short batch has fewer images than passes
+        average = distributed.averager(self.dist)
+        precision = self.cfg.General.precision
+        normalisers: list[torch.Tensor] | None = None
+        total: dict[str, torch.Tensor] = {}
+        for i, (chunk_images, chunk_targets) in enumerate(chunks):
+            # DistributedDataParallel reduces the gradients once, in the last backward pass
+            with self.net.no_sync() if passes > 1 and i < passes - 1 and self.dist.world_size > 1 \
+                    else contextlib.nullcontext():
+                with autocast(self.device, precision):
+                    outputs = self.net(chunk_images)
+                if passes > 1 and normalisers is None:
+                    normalisers = self._pass_normalisers(outputs, chunks, average)
+                shared = iter(normalisers or [])
+                losses = self.task.loss(outputs, chunk_images, chunk_targets,
+                                        average=(lambda _: next(shared)) if normalisers else average)
+                if not distributed.all_true(bool(torch.isfinite(losses["loss"])), self.dist):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return None
+                self.scaler.scale(losses["loss"] / passes).backward()
+            for k, v in losses.items():
+                total[k] = total.get(k, 0.0) + v.detach() / passes
+        return total
+
+    def _pass_normalisers(self, outputs: Any, chunks: list[tuple[torch.Tensor, list[dict[str, Any]]]],
+                          average: Any) -> list[torch.Tensor]:
+        """What each of the loss's ``average`` calls must return so that every forward pass of a step
+        divides by the same counts: the mean of the counts over the passes, and over processes."""
+        blank = torch.utils._pytree.tree_map(lambda t: torch.zeros_like(t.detach(), dtype=torch.float32), outputs)
+        per_pass: list[list[torch.Tensor]] = []
+        with torch.no_grad():
+            for chunk_images, chunk_targets in chunks:
+                seen: list[torch.Tensor] = []
+                self.task.loss(blank, chunk_images, chunk_targets, average=lambda c: seen.append(c.float()) or c)
+                per_pass.append(seen)
+        means = [torch.stack(calls).mean(0) for calls in zip(*per_pass)]
+        return [average(m) for m in means] if average is not None else means
 
     def _nonfinite(self, targets: list[dict[str, Any]], what: str) -> None:
         """Count a skipped step whose ``what`` ("loss" or "gradients") was not finite; warn naming the
