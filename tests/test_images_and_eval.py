@@ -119,7 +119,7 @@ def test_predict_reads_and_draws_photos_the_right_way_up(tmp_path: Path, monkeyp
         class_names, category_ids, source = ["thing"], [1], "fake.pt"
         cfg = types.SimpleNamespace(test=types.SimpleNamespace(batch_image=2))
 
-        def predict_many(self, pictures, score_thresh=0.0, tta=None, batch_size=None):
+        def predict_many(self, pictures, score_thresh=0.0, tta=None, batch_size=None, tiling=None):
             out = []
             for pic in pictures:
                 arr = np.asarray(pic)
