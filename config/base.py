@@ -5,7 +5,7 @@ The defaults describe EfficientDet-D0 (EfficientNet-B0 + 3 BiFPN layers of 64 ch
 such as ``config/effdet_b2.py`` overrides only what differs. A field not declared here is an
 error (see ``core.config``).
 """
-from core.config import Section
+from core.config import Auto, Section
 
 
 class General(Section):
@@ -24,15 +24,15 @@ class General(Section):
     device = "auto"              # auto | cpu | cuda
     keep_checkpoints = 5         # newest epoch checkpoints kept in the run folder (0 = all)
     sync_bn = False              # SyncBatchNorm across processes (GPU runs under torchrun)
-    bn_momentum = 0.01           # weight of each batch in BatchNorm running statistics (TensorFlow's decay 0.99);
-                                 # short runs need more (0.1), or evaluation sees stale statistics
+    bn_momentum = Auto(float)    # weight of each batch in BatchNorm running statistics; auto: from the run's steps
+                                 # (short runs need more, or evaluation sees stale statistics)
 
 
 class schedule(Section):
     mult = 1
     begin_epoch = 0
     end_epoch = 300
-    warmup_epochs = 1.0          # linear warmup from warmup_factor * lr
+    warmup_epochs = Auto(float)  # linear warmup from warmup_factor * lr; auto: from the run's steps
     warmup_factor = 0.001
     decay = "cosine"             # cosine | step
     lr_steps = [200, 250]        # epochs at which `step` decay multiplies the lr by lr_gamma
@@ -44,8 +44,8 @@ class schedule(Section):
 
 
 class optimizer(Section):
-    type = "sgd"                 # sgd | adamw
-    lr = 0.01                    # learning rate for a total batch of lr_batch images
+    type = Auto(str)             # sgd | adamw; auto: AdamW for short runs, SGD for long ones (core.engine.recipe)
+    lr = Auto(float)             # learning rate for a total batch of lr_batch images; auto: by optimizer
     lr_batch = 16                # the lr is scaled linearly to the real total batch (all processes), as SimpleDet
     momentum = 0.9
     weight_decay = 4e-5
@@ -59,8 +59,8 @@ class dataset(Section):
     mean = [0.485, 0.456, 0.406]  # in [0, 1] RGB
     std = [0.229, 0.224, 0.225]
     hflip_prob = 0.5
-    scale_min = 0.1              # random scale jitter range when training (EfficientDet: 0.1-2.0)
-    scale_max = 2.0
+    scale_min = Auto(float)      # random scale jitter range when training (EfficientDet: 0.1-2.0);
+    scale_max = Auto(float)      # auto: narrower for short runs
     skip_bad_images = False      # True: images that fail to decode are skipped and counted, not fatal
     skip_bad_records = False     # True: train without the images a start-up dataset check finds problems in
                                  # (missing/unreadable image, bad box, unknown class) and print how many; False: refuse

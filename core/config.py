@@ -28,6 +28,29 @@ class ConfigError(ValueError):
     """A config module, field or override is invalid; the message says which and how to fix it."""
 
 
+class Auto(str):
+    """``"auto"`` as a field's declared default: the trainer chooses the value when a run first starts
+    (``core.engine.recipe``). An experiment module or ``--set`` may give a value of type ``kind``
+    instead, or ``"auto"`` again."""
+
+    kind: type
+
+    def __new__(cls, kind: type) -> "Auto":
+        obj = super().__new__(cls, "auto")
+        obj.kind = kind
+        return obj
+
+
+def is_auto(value: Any) -> bool:
+    """Whether a resolved config value still says ``"auto"``."""
+    return isinstance(value, str) and value == "auto"
+
+
+def takes_auto(section: str, field: str) -> bool:
+    """Whether ``config/base.py`` declares ``section.field`` as :class:`Auto` (chosen at start)."""
+    return isinstance(_DECLARED.get((section, field)), Auto)
+
+
 class UnknownFieldError(ConfigError, AttributeError):
     """Code or a user asked for a field that no section declares."""
 
@@ -49,6 +72,8 @@ def _type_ok(default: Any, value: Any) -> bool:
     """Whether ``value`` may replace ``default``: same type, int for float, anything for None."""
     if default is None or value is None:
         return True
+    if isinstance(default, Auto):
+        return value == "auto" or _type_ok(default.kind(), value)
     if isinstance(default, bool) or isinstance(value, bool):
         return isinstance(default, bool) and isinstance(value, bool)
     if isinstance(default, float):
@@ -56,6 +81,9 @@ def _type_ok(default: Any, value: Any) -> bool:
     if isinstance(default, (list, tuple)):
         return isinstance(value, (list, tuple))
     return isinstance(value, type(default))
+
+
+_DECLARED: dict[tuple[str, str], Any] = {}  # (section, field) -> the default config/base.py declares
 
 
 class _SectionMeta(type):
@@ -70,6 +98,7 @@ class _SectionMeta(type):
         if declaring:
             cls._fields = dict(_public_fields(namespace))
             cls._section = name
+            _DECLARED.update({(name, f): v for f, v in cls._fields.items()})
             return cls
         parent_fields: dict[str, Any] = {}
         for base in bases:
@@ -133,22 +162,24 @@ class Config:
             value = ast.literal_eval(raw.strip())
         except (ValueError, SyntaxError):
             value = raw.strip()
-        if isinstance(values[field], str) and not isinstance(value, str):
+        declared = _DECLARED.get((section, field), values[field])
+        kind = declared.kind if isinstance(declared, Auto) else type(declared)
+        if (kind is str or value == "auto") and not isinstance(value, str):
             value = raw.strip()
-        if not _type_ok(values[field], value):
-            raise ConfigError(
-                f"override '{assignment}': field '{section}.{field}' must be "
-                f"{type(values[field]).__name__}, got {value!r}"
-            )
-        if isinstance(values[field], float) and isinstance(value, int):
+        if not _type_ok(declared if declared is not None else values[field], value):
+            wanted = f"{kind.__name__} or auto" if isinstance(declared, Auto) else type(values[field]).__name__
+            raise ConfigError(f"override '{assignment}': field '{section}.{field}' must be {wanted}, got {value!r}")
+        if kind is float and isinstance(value, int):
             value = float(value)
         values[field] = value
 
-    def save(self, path: Path) -> None:
-        """Write the resolved values as JSON (atomically) for the record of a run."""
+    def save(self, path: Path, notes: dict[str, Any] | None = None) -> None:
+        """Write the resolved values as JSON (atomically) for the record of a run, with ``notes``
+        (e.g. why the automatic recipe chose its values) beside them."""
         path = Path(path)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps({"source": self.source, "sections": self.to_dict()}, indent=2, default=str))
+        tmp.write_text(json.dumps({"source": self.source, "sections": self.to_dict(), **(notes or {})},
+                                  indent=2, default=str))
         tmp.replace(path)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from core.config import Config, ConfigError
+from core.config import Config, ConfigError, is_auto, takes_auto
 
 # (section, field, test, what is allowed)
 _RULES: list[tuple[str, str, Callable[[Any], bool], str]] = [
@@ -59,13 +59,15 @@ def check_values(cfg: Config) -> None:
     """Raise :class:`ConfigError` for the first value that cannot work, naming the field."""
     for section, field, ok, allowed in _RULES:
         value = getattr(getattr(cfg, section), field)
+        if is_auto(value) and takes_auto(section, field):
+            continue  # chosen when the run starts (core.engine.recipe)
         if not ok(value):
             raise ConfigError(f"{cfg.source}: {section}.{field} = {value!r} is not allowed; use {allowed}")
     s, d, lo = cfg.schedule, cfg.dataset, cfg.loss
     if s.end_epoch <= s.begin_epoch:
         raise ConfigError(f"{cfg.source}: schedule.end_epoch = {s.end_epoch} must be > schedule.begin_epoch = "
                           f"{s.begin_epoch}")
-    if d.scale_max < d.scale_min:
+    if not (is_auto(d.scale_min) or is_auto(d.scale_max)) and d.scale_max < d.scale_min:
         raise ConfigError(f"{cfg.source}: dataset.scale_max = {d.scale_max} is below dataset.scale_min = {d.scale_min}")
     if lo.ignore_iou > lo.match_iou:
         raise ConfigError(f"{cfg.source}: loss.ignore_iou = {lo.ignore_iou} must not exceed loss.match_iou = "

@@ -24,6 +24,7 @@ from core.data.check import load_checked_records
 from core.data.loader import build_loader, start_workers
 from core.data.spec import DatasetSpec, load_dataset_spec
 from core.engine import distributed
+from core.engine.recipe import read_saved_config, resolve_recipe
 from core.engine.inference import evaluate_detections, predict_batches
 from core.engine.run_folder import RunFolderError, claim_run_folder, clear_run, config_changes, resume_command
 from core.engine.runtime import (autocast, check_precision, needs_grad_scaler, run_dir, seed_everything,
@@ -98,6 +99,12 @@ class Trainer:
         for note in notes:
             self._print(note)
         train_records = checked["train"]
+        total_batch = g.batch_image * g.accumulate * self.dist.world_size  # images per optimizer step
+        # recipe fields left at "auto": chosen now from the run's length, or as the run's first start chose
+        first_start = read_saved_config(self.out) if resume else None
+        self.recipe = resolve_recipe(cfg, len(train_records) // total_batch, total_batch, first_start)
+        for choice in self.recipe:
+            self._print(f"recipe: {choice}")
         self.val_records = checked.get("val", [])
         check_anchors(cfg, train_records, log=self._print)  # share of boxes the anchors match; anchors.auto: a fit
         if not isinstance(g.accumulate, int) or g.accumulate < 1:
@@ -128,7 +135,7 @@ class Trainer:
         # BatchNorm statistics move in the forward pass: a skipped step puts them back from this copy
         self._buffers = list(self.model.buffers())
         self._buffers_before_step = [b.detach().clone() for b in self._buffers]
-        self.total_batch = g.batch_image * g.accumulate * self.dist.world_size  # images per optimizer step
+        self.total_batch = total_batch
         self.base_lr = cfg.optimizer.lr * self.total_batch / cfg.optimizer.lr_batch
         self.optimizer = build_optimizer(self.model, cfg.optimizer)
         self.ema = ModelEmaV3(self.model, decay=cfg.optimizer.ema_decay, use_warmup=True) \
@@ -362,7 +369,8 @@ class Trainer:
         cfg = self.cfg
         self._truncate_log(self.step)  # rows of a killed attempt beyond the state we start from
         if self.dist.is_main:
-            cfg.save(self.out / "config.json")
+            cfg.save(self.out / "config.json", notes={"recipe": {f"{c.section}.{c.field}": c.reason
+                                                                 for c in self.recipe}})
             shutil.copyfile(cfg.source, self.out / "config.py")
             self._tensorboard()  # opened at the start step, so a resumed run replaces the events it redoes
         self._print(f"training {cfg.General.name}: {len(self.train_loader.dataset)} images, "

@@ -1,0 +1,63 @@
+"""The automatic recipe: fields left at "auto" are chosen from the run's length when it first starts,
+printed with their reasons, saved in config.json and kept on resume; given values always win."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core.config import ConfigError, load_config
+from core.engine.recipe import resolve_recipe
+from core.engine.trainer import Trainer
+from conftest import synthetic_shapes_yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+AUTO = ["optimizer.type=auto", "optimizer.lr=auto", "General.bn_momentum=auto", "schedule.warmup_epochs=auto",
+        "dataset.scale_min=auto", "dataset.scale_max=auto"]
+
+
+def chosen(config: str, steps_per_epoch: int, batch: int, *extra: str) -> dict[str, object]:
+    cfg = load_config(ROOT / config, list(extra))
+    resolve_recipe(cfg, steps_per_epoch, batch)
+    return {"type": cfg.optimizer.type, "lr": cfg.optimizer.lr * batch / cfg.optimizer.lr_batch,
+            "bn": cfg.General.bn_momentum, "warmup_steps": cfg.schedule.warmup_epochs * steps_per_epoch,
+            "scale": (cfg.dataset.scale_min, cfg.dataset.scale_max)}
+
+
+def test_short_runs_fine_tune_and_long_runs_keep_the_paper_recipe() -> None:
+    # a few dozen photos for 60 epochs: AdamW at 1e-3, fast BatchNorm statistics, narrow jitter
+    short = chosen("config/effdet_lite0.py", 5, 8, "schedule.end_epoch=60")
+    assert short["type"] == "adamw" and short["lr"] == pytest.approx(1e-3) and short["bn"] == 0.1
+    assert short["warmup_steps"] == pytest.approx(20) and short["scale"] == (0.8, 1.2)
+    # EfficientDet-D0's 300 COCO epochs: the paper's SGD 0.01 per 16 images, momentum 0.01, jitter 0.1-2.0
+    long = chosen("config/effdet_b0.py", 7329, 64)
+    assert long["type"] == "sgd" and long["lr"] == pytest.approx(0.04) and long["bn"] == 0.01
+    assert long["warmup_steps"] == pytest.approx(1000, abs=1) and long["scale"] == (0.1, 2.0)
+    # values an experiment or --set gives win; the rest is still chosen
+    given = chosen("config/demo.py", 60, 8, "General.bn_momentum=auto")  # demo gives AdamW 2e-3 at 8
+    assert given["type"] == "adamw" and given["lr"] == pytest.approx(2e-3) and given["bn"] == 0.1
+    assert chosen("config/effdet_lite0.py", 5, 8, "optimizer.type=sgd")["lr"] == pytest.approx(0.005)
+    with pytest.raises(ConfigError, match="float or auto"):
+        load_config(ROOT / "config/effdet_lite0.py", ["optimizer.lr=fast"])
+
+
+def test_choices_are_printed_saved_and_kept_on_resume(tmp_path: Path, capsys) -> None:
+    data = synthetic_shapes_yaml(tmp_path, 16, 4, 96, seed=3)
+    common = [f"dataset.data={data}", "dataset.image_size=96", f"General.work_dir={tmp_path}", "General.name=auto",
+              "General.batch_image=4", "General.loader_worker=0", "schedule.eval_every=0",
+              "pretrain.backbone_weights=", *AUTO]
+    Trainer(load_config(ROOT / "config/demo.py", [*common, "schedule.end_epoch=1"])).fit()
+    out = capsys.readouterr().err
+    assert "recipe: optimizer.type = 'adamw' (auto: 4 steps of 4 images" in out, out
+    saved = json.loads((tmp_path / "auto" / "config.json").read_text())
+    assert saved["sections"]["optimizer"]["type"] == "adamw" and saved["sections"]["General"]["bn_momentum"] == 0.1
+    assert set(saved["recipe"]) == {a.split("=")[0] for a in AUTO}
+    # 3000 epochs of 4 steps would now choose SGD: the resumed run keeps its first start's AdamW
+    resumed = Trainer(load_config(ROOT / "config/demo.py", [*common, "schedule.end_epoch=3000"]), resume=True)
+    assert resumed.cfg.optimizer.type == "adamw" and resumed.cfg.dataset.scale_min == 0.8
+    assert "recipe: optimizer.type = 'adamw' (auto, as the run's first start chose)" in capsys.readouterr().err
+    resumed._lock.release()
+    fresh = load_config(ROOT / "config/demo.py", [*common, "schedule.end_epoch=3000"])
+    resolve_recipe(fresh, 4, 4)
+    assert fresh.optimizer.type == "sgd"
