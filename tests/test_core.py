@@ -79,12 +79,12 @@ def test_config_overrides_do_not_leak() -> None:
     first.backbone.out_levels.append(6)
     first.anchors.aspect_ratios[0][0] = 9.0
     second = load_config(B0)
-    assert second.optimizer.lr == 0.01
+    assert second.optimizer.lr == "auto"
     assert second.neck.channels == 64
     assert second.backbone.out_levels == [3, 4, 5]
     assert second.anchors.aspect_ratios[0] == [1.0, 1.0]
     from config import base
-    assert base.optimizer.lr == 0.01 and base.backbone.out_levels == [3, 4, 5]
+    assert base.optimizer.lr == "auto" and base.backbone.out_levels == [3, 4, 5]
 
 
 def test_config_save_round_trip(tmp_path: Path) -> None:
