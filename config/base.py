@@ -29,7 +29,7 @@ class General(Section):
 
 
 class schedule(Section):
-    mult = 1
+    mult = 1                     # SimpleDet's multiplier: the trainer scales the epochs, lr_steps and warmup by it
     begin_epoch = 0
     end_epoch = 300
     warmup_epochs = Auto(float)  # linear warmup from warmup_factor * lr; auto: from the run's steps

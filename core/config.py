@@ -79,11 +79,23 @@ def _type_ok(default: Any, value: Any) -> bool:
     if isinstance(default, float):
         return isinstance(value, (int, float))
     if isinstance(default, (list, tuple)):
-        return isinstance(value, (list, tuple))
+        if not isinstance(value, (list, tuple)):
+            return False
+        # elements as the declared list's first one (nested lists too); an empty default takes any
+        return not default or all(_type_ok(default[0], v) for v in value)
     return isinstance(value, type(default))
 
 
 _DECLARED: dict[tuple[str, str], Any] = {}  # (section, field) -> the default config/base.py declares
+
+
+def _describe(default: Any) -> str:
+    """The type a field takes, in words: ``float``, ``list of int``, ``list of list of float``, ``float or auto``."""
+    if isinstance(default, Auto):
+        return f"{default.kind.__name__} or auto"
+    if isinstance(default, (list, tuple)) and default:
+        return f"list of {_describe(default[0])}"
+    return type(default).__name__
 
 
 class _SectionMeta(type):
@@ -114,7 +126,7 @@ class _SectionMeta(type):
             if not _type_ok(parent_fields[field], value):
                 raise ConfigError(
                     f"{namespace.get('__module__', '?')}: field '{cls._section}.{field}' must be "
-                    f"{type(parent_fields[field]).__name__}, got {value!r}"
+                    f"{_describe(parent_fields[field])}, got {value!r}"
                 )
         cls._fields = parent_fields
         return cls
@@ -167,7 +179,7 @@ class Config:
         if (kind is str or value == "auto") and not isinstance(value, str):
             value = raw.strip()
         if not _type_ok(declared if declared is not None else values[field], value):
-            wanted = f"{kind.__name__} or auto" if isinstance(declared, Auto) else type(values[field]).__name__
+            wanted = _describe(declared if declared is not None else values[field])
             raise ConfigError(f"override '{assignment}': field '{section}.{field}' must be {wanted}, got {value!r}")
         if kind is float and isinstance(value, int):
             value = float(value)
@@ -222,6 +234,24 @@ def _collect_sections(module: Any) -> dict[str, dict[str, Any]]:
     return sections
 
 
+def _check_section_classes(module: Any, path: Path, names: list[str]) -> None:
+    """A class the config module defines that DetLab would not read as a section is an error: a section
+    under another name (``class Neck(base.neck)``) or a plain class named like a section."""
+    for attr, obj in vars(module).items():
+        if not isinstance(obj, type) or obj.__module__ != module.__name__:
+            continue
+        if issubclass(obj, Section):
+            if getattr(obj, "_fields", None) and attr != obj._section:
+                raise ConfigError(f"{path}: class '{attr}' extends section '{obj._section}' under another name, "
+                                  f"so it would be ignored; name it '{obj._section}'")
+            continue
+        close = [n for n in names if n.lower() == attr.lower()] or difflib.get_close_matches(attr, names, n=1,
+                                                                                            cutoff=0.8)
+        if close:
+            raise ConfigError(f"{path}: class '{attr}' is not a config section, so it would be ignored; "
+                              f"write class {close[0]}(base.{close[0]})")
+
+
 def _copy(value: Any) -> Any:
     if isinstance(value, list):
         return [_copy(v) for v in value]
@@ -255,6 +285,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     from config import base  # the declarations; imported here so symbol/ never needs config/
 
     sections = _collect_sections(base)
+    _check_section_classes(module, path, list(sections))
     for name, values in _collect_sections(module).items():
         sections[name].update(values)
     cfg = Config(sections, source=str(path))

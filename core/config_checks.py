@@ -19,6 +19,7 @@ _RULES: list[tuple[str, str, Callable[[Any], bool], str]] = [
     ("General", "bn_momentum", lambda v: 0 < v <= 1, "in (0, 1]"),
     ("General", "device", lambda v: v in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
     ("General", "precision", lambda v: v in ("bf16", "fp16", "fp32"), "bf16, fp16 or fp32"),
+    ("schedule", "mult", lambda v: v > 0, "> 0"),
     ("schedule", "begin_epoch", lambda v: v >= 0, ">= 0"),
     ("schedule", "warmup_epochs", lambda v: v >= 0, ">= 0"),
     ("schedule", "warmup_factor", lambda v: 0 <= v <= 1, "in [0, 1]"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from core.config import is_auto
+
 
 def lr_factor(step: int, steps_per_epoch: int, sched: Any) -> float:
     """Multiplier of the base lr at global ``step`` (0-based) for the config's ``schedule`` section.
@@ -23,3 +25,23 @@ def lr_factor(step: int, steps_per_epoch: int, sched: Any) -> float:
     if sched.decay == "step":
         return sched.lr_gamma ** sum(epoch >= s for s in sched.lr_steps)
     raise ValueError(f"unknown schedule.decay '{sched.decay}'; choose cosine or step")
+
+
+def apply_mult(sched: Any) -> str | None:
+    """Scale the ``schedule`` section in place by its ``mult`` (SimpleDet's schedule multiplier): the
+    begin and end epochs, the ``lr_steps`` and a given ``warmup_epochs`` are multiplied, and ``mult``
+    becomes 1, so the section then describes the run it trains. Configs write their schedule for mult 1.
+    Returns the line saying what changed, or None for mult 1."""
+    mult = sched.mult
+    if mult == 1:
+        return None
+    if mult <= 0:
+        raise ValueError(f"schedule.mult = {mult} must be > 0")
+    before = f"epochs {sched.begin_epoch}-{sched.end_epoch}"
+    sched.begin_epoch, sched.end_epoch = round(sched.begin_epoch * mult), round(sched.end_epoch * mult)
+    sched.lr_steps = [round(e * mult) for e in sched.lr_steps]
+    if not is_auto(sched.warmup_epochs):
+        sched.warmup_epochs = sched.warmup_epochs * mult
+    sched.mult = 1
+    return (f"schedule.mult {mult}: {before} -> {sched.begin_epoch}-{sched.end_epoch}, lr_steps {sched.lr_steps}, "
+            f"warmup_epochs {sched.warmup_epochs}")

@@ -40,3 +40,24 @@ def test_cli_says_one_line_and_exits_2() -> None:
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "backbone.name" in lines[0] and "did you mean tf_efficientnet_b8" in lines[0]
+
+
+@pytest.mark.parametrize("body, message", [
+    ("class Neck(base.neck):\n    channels = 8\n", "class 'Neck' extends section 'neck' under another name"),
+    ("class schedul(base.schedule):\n    end_epoch = 3\n", "name it 'schedule'"),
+    ("class neck:\n    channels = 8\n", "class 'neck' is not a config section"),
+    ("class anchors(base.anchors):\n    aspect_ratios = [[1.0, 'wide']]\n", "must be list of list of float"),
+])
+def test_sections_under_other_names_and_list_elements_are_errors(tmp_path: Path, body: str, message: str) -> None:
+    """A misspelt section class was silently ignored (its fields never applied), like a list of the wrong
+    elements; both now stop the load naming the class or field."""
+    module = tmp_path / "mine.py"
+    module.write_text("from config import base\n\n" + body)
+    with pytest.raises(ConfigError, match=message):
+        load_config(module)
+
+
+def test_list_overrides_are_checked_element_by_element() -> None:
+    with pytest.raises(ConfigError, match="must be list of int"):
+        load_config(ROOT / "config/demo.py", ["backbone.out_levels=[3, 4.5]"])
+    assert load_config(ROOT / "config/demo.py", ["dataset.mean=[0, 0.5, 1]"]).dataset.mean == [0, 0.5, 1]

@@ -61,3 +61,19 @@ def test_choices_are_printed_saved_and_kept_on_resume(tmp_path: Path, capsys) ->
     fresh = load_config(ROOT / "config/demo.py", [*common, "schedule.end_epoch=3000"])
     resolve_recipe(fresh, 4, 4)
     assert fresh.optimizer.type == "sgd"
+
+
+def test_schedule_mult_scales_the_run(tmp_path: Path, capsys) -> None:
+    """--set schedule.mult=2 doubles the epochs (and lr_steps, warmup) of a schedule written for mult 1."""
+    data = synthetic_shapes_yaml(tmp_path, 8, 0, 96, seed=4)
+    cfg = load_config(ROOT / "config/demo.py", [
+        f"dataset.data={data}", "dataset.image_size=96", f"General.work_dir={tmp_path}", "General.name=mult",
+        "General.batch_image=4", "General.loader_worker=0", "schedule.eval_every=0", "pretrain.backbone_weights=",
+        "schedule.end_epoch=1", "schedule.warmup_epochs=0.5", "schedule.lr_steps=[1]", "schedule.mult=2"])
+    trainer = Trainer(cfg)
+    assert (cfg.schedule.end_epoch, cfg.schedule.lr_steps, cfg.schedule.warmup_epochs) == (2, [2], 1.0)
+    trainer.fit()
+    assert "schedule.mult 2: epochs 0-1 -> 0-2" in capsys.readouterr().err
+    assert trainer.step == 2 * trainer.steps_per_epoch and (tmp_path / "mult" / "epoch_0002.pt").exists()
+    saved = json.loads((tmp_path / "mult" / "config.json").read_text())["sections"]["schedule"]
+    assert (saved["mult"], saved["end_epoch"]) == (1, 2)  # the record describes the run it trained

@@ -30,7 +30,7 @@ from core.engine.run_folder import RunFolderError, claim_run_folder, clear_run, 
 from core.engine.runtime import (autocast, check_precision, needs_grad_scaler, run_dir, seed_everything,
                                  select_device)
 from core.evaluation import STAT_NAMES, coco_ground_truth
-from core.schedule import lr_factor
+from core.schedule import apply_mult, lr_factor
 from core.engine.signals import StopNow, StopSignals, TrainingInterrupted
 from core.pretrain import apply_pretrain
 from core.task import build_task
@@ -80,6 +80,7 @@ class Trainer:
         if cfg.schedule.best_metric not in STAT_NAMES:
             raise ConfigError(f"schedule.best_metric '{cfg.schedule.best_metric}' is not an evaluation stat; "
                               f"use one of {', '.join(STAT_NAMES)}")
+        mult_note = apply_mult(cfg.schedule)  # configs write their schedule for mult 1
         self.dist = distributed.init()
         self.device = select_device(g.device)
         seed_everything(g.seed + self.dist.rank, g.deterministic)
@@ -103,8 +104,8 @@ class Trainer:
         # recipe fields left at "auto": chosen now from the run's length, or as the run's first start chose
         first_start = read_saved_config(self.out) if resume else None
         self.recipe = resolve_recipe(cfg, len(train_records) // total_batch, total_batch, first_start)
-        for choice in self.recipe:
-            self._print(f"recipe: {choice}")
+        for note in ([mult_note] if mult_note else []) + [f"recipe: {choice}" for choice in self.recipe]:
+            self._print(note)
         self.val_records = checked.get("val", [])
         check_anchors(cfg, train_records, log=self._print)  # share of boxes the anchors match; anchors.auto: a fit
         if not isinstance(g.accumulate, int) or g.accumulate < 1:
