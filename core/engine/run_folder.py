@@ -313,7 +313,8 @@ RESUME_REFUSES: dict[str, tuple[str, ...] | str] = {
 # evaluation and logging, workers, precision, batch size (the run continues at the same count of images seen
 # in the epoch, with the lr scaled to the new total batch), and start-up options that a resume no longer uses.
 RESUME_FOLLOWS: dict[str, tuple[str, ...] | str] = {
-    "General": ("name", "work_dir", "batch_image", "accumulate", "precision", "compile", "loader_worker", "log_frequency",
+    "General": ("name", "work_dir", "batch_image", "accumulate", "precision", "compile", "loader_worker",
+                "log_frequency",
                 "deterministic", "device", "keep_checkpoints", "sync_bn", "bn_momentum"),
     "schedule": "*",
     "optimizer": ("lr", "lr_batch", "momentum", "weight_decay", "clip_grad_norm", "ema_decay"),
