@@ -137,7 +137,7 @@ class loss(Section):
     match_iou = 0.5              # anchors with IoU >= match_iou to a box are positives
     ignore_iou = 0.4             # anchors with ignore_iou <= IoU < match_iou are ignored
     yolo_box_weight = 0.05       # yolo: CIoU box loss gain (x 3 / output layers)
-    yolo_obj_weight = 1.0        # yolo: objectness BCE gain (x 3 / output layers)
+    yolo_obj_weight = 1.0        # yolo: objectness BCE gain at 640 px (x (input / 640)**2 x 3 / output layers)
     yolo_cls_weight = 0.5        # yolo: class BCE gain (x num_classes / 80 x 3 / output layers)
     yolo_anchor_t = 4.0          # yolo: a box matches an anchor when its w and h are within this factor of it
     yolo_obj_balance = [4.0, 1.0, 0.4]  # yolo: objectness weight per output layer, finest first

@@ -254,13 +254,16 @@ class YoloTask:
     def loss(self, outputs: list[torch.Tensor], images: torch.Tensor, targets: list[dict[str, Any]],
              average: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Training loss for a batch (see :func:`yolo_loss`). ``images`` ``[B, 3, H, W]`` (only its shape
-        is used); ``targets[i]["boxes"]`` ``[G_i, 4]`` xyxy input pixels, ``["labels"]`` ``[G_i]``."""
+        is used: the objectness gain ``loss.yolo_obj_weight`` is scaled by ``H x W / 640**2``, as YOLOv5
+        scales it by the input area); ``targets[i]["boxes"]`` ``[G_i, 4]`` xyxy input pixels, ``["labels"]`` ``[G_i]``."""
         layers = self._layers(outputs, images)
         gt = gather_targets(targets, layers[0].device)
         c = self.loss_cfg
         matches = [build_targets(gt, anchors, stride, tuple(layer.shape[2:4]), c.yolo_anchor_t)
                    for layer, anchors, stride in zip(layers, self.anchors, self.strides)]
-        return yolo_loss(layers, matches, self.num_classes, c.yolo_box_weight, c.yolo_obj_weight, c.yolo_cls_weight,
+        # YOLOv5's objectness gain follows the input area: (S / 640)**2, 1 at 640 px
+        obj_weight = c.yolo_obj_weight * images.shape[-2] * images.shape[-1] / 640 ** 2
+        return yolo_loss(layers, matches, self.num_classes, c.yolo_box_weight, obj_weight, c.yolo_cls_weight,
                          c.yolo_obj_balance, average)
 
     def detect(self, outputs: list[torch.Tensor], images: torch.Tensor) -> list[Detections]:

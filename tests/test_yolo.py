@@ -127,9 +127,10 @@ def test_large_configs_build(name: str) -> None:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_loss_falls_on_a_fixed_batch(seed: int) -> None:
-    """40 AdamW steps on one batch. Measured over seeds 0-2 and torch threads 1 and 2 (AMD EPYC,
-    AVX-512): the total loss ends at 0.40-0.43 of its first value and the box loss at 0.54-0.72.
-    With the box term's gradient cut (the boxes detached) they end at 0.53-0.55 and 1.12-1.20."""
+    """40 AdamW steps on one batch at 128 px (objectness gain x (128 / 640)**2). Measured over seeds 0-2
+    and torch threads 1 and 2 (AMD EPYC, AVX-512): the total loss ends at 0.49-0.57 of its first value
+    and the box loss at 0.63-0.74. With the box term's gradient cut (the boxes detached) they end at
+    0.85-0.91 and 1.15-1.26."""
     torch.manual_seed(seed)
     cfg = load_config(CONFIG_DIR / "yolov4_s.py")
     model = build_detector(cfg, 3).train()
@@ -146,8 +147,8 @@ def test_loss_falls_on_a_fixed_batch(seed: int) -> None:
         history.append(losses["loss"].item())
         box.append(losses["box_loss"].item())
     assert all(math.isfinite(v) for v in history)
-    assert max(history[-3:]) < 0.48 * history[0], history
-    assert max(box[-3:]) < 0.85 * box[0], box
+    assert max(history[-3:]) < 0.70 * history[0], history
+    assert max(box[-3:]) < 0.90 * box[0], box
 
 
 def _finite_loss_and_grads(outputs: list[torch.Tensor], targets: list[dict], size: int = 128) -> dict:
