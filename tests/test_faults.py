@@ -321,20 +321,26 @@ WORKERS_AT_EXIT = textwrap.dedent("""
     from torch.utils.data import DataLoader
     from core.data.loader import ignore_stop_signals, start_workers
 
+    from torch.utils.data import _utils
+
     class Holder:  # a reference cycle: freed only by the garbage collector, which does not run before exit
         pass
-
-    def stray():  # a worker left by an iterator whose construction was cut short: nobody will shut it down
-        ignore_stop_signals(0)
-        time.sleep(600)
 
     holder = Holder()
     holder.me = holder
     holder.loader = DataLoader(list(range(8)), batch_size=2, num_workers=2, persistent_workers=True,
                                worker_init_fn=ignore_stop_signals)
     print("first batch", next(start_workers(holder.loader)).tolist(), flush=True)
-    child = multiprocessing.Process(target=stray, daemon=True)
-    child.start()
+
+    def cut_short(*args):  # as a StopNow raised while the iterator starts: its workers run, unowned
+        raise RuntimeError("cut short")
+    _utils.signal_handling._set_worker_pids = cut_short
+    try:
+        start_workers(DataLoader(list(range(8)), batch_size=2, num_workers=2, worker_init_fn=ignore_stop_signals))
+    except RuntimeError:
+        pass
+    bystander = multiprocessing.Process(target=time.sleep, args=(2,), daemon=True)  # not a loader's: left alone
+    bystander.start()
     print("exiting", flush=True)
 """)
 
@@ -353,4 +359,5 @@ def test_the_process_exits_with_loader_workers_still_alive(tmp_path: Path) -> No
         out, _ = proc.communicate()
         raise AssertionError("the process did not exit:\n" + out[-3000:])
     assert proc.returncode == 0, out[-3000:]
-    assert "first batch [0, 1]" in out and "exiting" in out and "Traceback" not in out, out[-3000:]
+    # (torch's own "Exception ignored in __del__" for the half-built iterator may be printed: it is harmless)
+    assert "first batch [0, 1]" in out and "exiting" in out, out[-3000:]

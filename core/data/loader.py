@@ -66,34 +66,38 @@ def start_workers(loader: DataLoader) -> Iterator:
     """
     if loader.num_workers == 0:
         return iter(loader)
-    if threading.current_thread() is not threading.main_thread():
+    before = set(multiprocessing.active_children())
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if main else None
+    try:
         batches = iter(loader)
-    else:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        try:
-            batches = iter(loader)
-        finally:
+    finally:
+        if previous is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        # also when iter() was cut short: its workers run, and nothing else would ever stop them
+        _WORKERS.update(p for p in multiprocessing.active_children() if p not in before)
     _RUNNING.add(batches)
     return batches
 
 
 _RUNNING: "weakref.WeakSet[Iterator]" = weakref.WeakSet()  # worker iterators start_workers made
+_WORKERS: "weakref.WeakSet[multiprocessing.Process]" = weakref.WeakSet()  # and their worker processes
 
 
 @atexit.register  # registered after multiprocessing's own exit handler, so it runs before it
 def _stop_workers_at_exit() -> None:
     """Shut down the workers of every loader still alive at interpreter exit (a persistent iterator
-    kept by its loader until the garbage collector frees it), then kill any daemonic child left.
-    multiprocessing's exit handler would send them SIGTERM, which they ignore, and wait forever."""
+    kept by its loader until the garbage collector frees it), then kill the workers start_workers
+    started that are left (an iterator whose start was cut short). multiprocessing's exit handler
+    would send them SIGTERM, which they ignore, and wait forever. Other child processes are left alone."""
     for batches in list(_RUNNING):
         shutdown = getattr(batches, "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()
-    for child in multiprocessing.active_children():
-        if child.daemon:
-            child.kill()
-            child.join()
+    for worker in list(_WORKERS):
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
 
 
 def ignore_stop_signals(worker_id: int) -> None:
