@@ -47,3 +47,18 @@ def test_accumulated_steps_equal_the_whole_batch(tiny_data: Path, tmp_path: Path
         # measured: 6e-8 (2 x 2) and 1e-7 (4 x 1), float32 sums in another order over 4 steps; a pass
         # normalised by its own positives instead of the step's: 0.14; gradients not divided by the passes: fails
         assert differ / moved < 1e-3, float(differ / moved)
+
+
+def test_a_short_batch_splits_into_unequal_passes(tiny_data: Path, tmp_path: Path) -> None:
+    """A step's batch short of batch_image x accumulate (images skipped as unreadable) still runs:
+    3 images as passes of 2 and 1 (at 256 px, so that trained BatchNorm sees more than one value on P7).
+    It failed in the counting of the passes' positives, which reused the first pass's output shapes."""
+    cfg = load_config(ROOT / "config/demo.py", [
+        f"dataset.data={tiny_data}", "dataset.image_size=256", f"General.work_dir={tmp_path}", "General.name=short",
+        "General.batch_image=2", "General.accumulate=2", "General.loader_worker=0", "schedule.eval_every=0",
+        "pretrain.backbone_weights="])
+    trainer = Trainer(cfg)
+    images, targets = next(iter(trainer.train_loader))
+    losses = trainer._forward_backward(images[:3], targets[:3])
+    assert losses is not None and all(torch.isfinite(v) for v in losses.values())
+    trainer._lock.release()

@@ -158,6 +158,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from core.config import load_config
     from core.data.loader import build_loader
     from core.data.sampler import sample_seed
+    from core.engine.recipe import resolve_recipe
     from core.data.spec import load_dataset_spec, read_split
     from core.visualize import draw_detections, save_grid
 
@@ -167,6 +168,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     if not records:
         print(f"error: split '{args.split}' of {spec.path} has no images", file=sys.stderr)
         return 2
+    # the scale jitter a training run of this config on these images would choose, where it says "auto"
+    resolve_recipe(cfg, len(records) // cfg.General.batch_image, cfg.General.batch_image)
     dataset = build_loader(cfg, records, train=True, batch_size=1, seed=args.seed).dataset
     mean, std = dataset.transform.mean, dataset.transform.std
     tiles = []

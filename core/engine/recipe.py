@@ -72,9 +72,12 @@ def resolve_recipe(cfg: Config, steps_per_epoch: int, total_batch: int,
     for section, field in auto_fields(cfg):
         if (section, field) == ("optimizer", "type"):
             long_run = steps > LONG_RUN_STEPS
+            given_lr = "" if is_auto(cfg.optimizer.lr) else (
+                f"; optimizer.lr = {cfg.optimizer.lr} is given: check that it suits this optimizer, or set its type")
             choose(section, field, "sgd" if long_run else "adamw",
                    f"auto: {run}, {'more' if long_run else 'no more'} than {LONG_RUN_STEPS}: "
-                   + ("SGD generalises better on long runs" if long_run else "AdamW converges in few steps"))
+                   + ("SGD generalises better on long runs" if long_run else "AdamW converges in few steps")
+                   + given_lr)
         elif (section, field) == ("optimizer", "lr"):
             if cfg.optimizer.type == "adamw":  # the same step size at any batch: lr_batch scaling cancelled
                 choose(section, field, round(1e-3 * cfg.optimizer.lr_batch / total_batch, 8),

@@ -77,6 +77,9 @@ class Trainer:
     def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False):
         self.cfg = cfg
         g = cfg.General
+        if not isinstance(g.accumulate, int) or g.accumulate < 1:
+            raise ConfigError(f"General.accumulate = {g.accumulate!r}: set a whole number of forward passes per "
+                              "optimizer step, 1 or more")
         if cfg.schedule.best_metric not in STAT_NAMES:
             raise ConfigError(f"schedule.best_metric '{cfg.schedule.best_metric}' is not an evaluation stat; "
                               f"use one of {', '.join(STAT_NAMES)}")
@@ -108,9 +111,6 @@ class Trainer:
             self._print(note)
         self.val_records = checked.get("val", [])
         check_anchors(cfg, train_records, log=self._print)  # share of boxes the anchors match; anchors.auto: a fit
-        if not isinstance(g.accumulate, int) or g.accumulate < 1:
-            raise ConfigError(f"General.accumulate = {g.accumulate!r}: set a whole number of forward passes per "
-                              "optimizer step, 1 or more")
         # a step's batch comes whole from the loader; _step runs it as `accumulate` forward passes
         self.train_loader = build_loader(cfg, train_records, train=True, batch_size=g.batch_image * g.accumulate,
                                          seed=g.seed,
@@ -424,9 +424,9 @@ class Trainer:
                     f"continue with: {resume_command()}") from None
         self.eval_pending = False  # done (or no longer due, after a change of schedule.eval_every)
         improved = self._track_best(stats)
+        if improved and self.dist.is_main:  # the epoch's state, under a name pruning never touches; written
+            save_checkpoint(self.state(), self.out / BEST)  # first, so no checkpoint records a best it lacks
         self._save()
-        if improved and self.dist.is_main:  # the epoch's state, under a name pruning never touches
-            save_checkpoint(self.state(), self.out / BEST)
         return stats
 
     def _track_best(self, stats: dict[str, float]) -> bool:
@@ -582,7 +582,8 @@ class Trainer:
         with torch.no_grad():
             for chunk_images, chunk_targets in chunks:
                 seen: list[torch.Tensor] = []
-                self.task.loss(blank, chunk_images, chunk_targets, average=lambda c: seen.append(c.float()) or c)
+                shaped = torch.utils._pytree.tree_map(lambda t: t[:len(chunk_targets)], blank)  # a short last pass
+                self.task.loss(shaped, chunk_images, chunk_targets, average=lambda c: seen.append(c.float()) or c)
                 per_pass.append(seen)
         means = [torch.stack(calls).mean(0) for calls in zip(*per_pass)]
         return [average(m) for m in means] if average is not None else means
