@@ -89,7 +89,7 @@ def ratio_spread(slow: list[float], fast: list[float]) -> tuple[float, float, fl
     """Median, 10th and 90th percentile over rounds of ``slow[i] / fast[i]``: each round's two
     calls ran back to back, so a slow phase of the machine hits both."""
     ratios = [s / f for s, f in zip(slow, fast)]
-    deciles = statistics.quantiles(ratios, n=10) if len(ratios) > 1 else ratios * 9
+    deciles = statistics.quantiles(ratios, n=10, method="inclusive") if len(ratios) > 1 else ratios * 9
     return statistics.median(ratios), deciles[0], deciles[-1]
 
 
