@@ -88,7 +88,9 @@ class backbone(Section):
     name = "tf_efficientnet_b0"  # any timm model with features_only support
     out_levels = [3, 4, 5]       # pyramid levels taken from the backbone (stride 2**level)
     drop_path_rate = 0.2
-    pretrained = False           # timm ImageNet weights (needs the hub or a local cache)
+    pretrained = True            # start from timm's ImageNet weights for name, when timm has them and no pretrain
+                                 # weights are given: from timm's cache, else downloaded when the run starts
+                                 # (building never loads them); False = a deliberate from-scratch run
     head_conv = 0                # timm: 1x1 conv+BN+swish on the coarsest map to this many channels (EfficientNet's
                                  # conv_head, 1280 x width, as the YOLOv4-EfficientNet tables); 0 = none
     depth_multiple = 1.0         # csp_darknet: block repeats x this, rounded, >= 1 (YOLOv4-L 1.0, YOLOv4-S 0.33)

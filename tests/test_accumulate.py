@@ -27,7 +27,7 @@ def trained(data: Path, work: Path, name: str, batch: int, accumulate: int) -> t
         f"General.batch_image={batch}", f"General.accumulate={accumulate}", "General.loader_worker=0",
         "General.deterministic=True", "schedule.end_epoch=1", "schedule.eval_every=0",
         "schedule.warmup_epochs=0", "optimizer.type=sgd", "optimizer.lr=0.02", "optimizer.clip_grad_norm=0",
-        "optimizer.ema_decay=0", "pretrain.backbone_weights=", 'pretrain.fixed_param=["*bn*", "*norms*"]'])
+        "optimizer.ema_decay=0", "pretrain.backbone_weights=", "backbone.pretrained=False", 'pretrain.fixed_param=["*bn*", "*norms*"]'])
     trainer = Trainer(cfg)
     start = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     assert trainer.total_batch == 4 and trainer.steps_per_epoch == 4
@@ -56,7 +56,7 @@ def test_a_short_batch_splits_into_unequal_passes(tiny_data: Path, tmp_path: Pat
     cfg = load_config(ROOT / "config/demo.py", [
         f"dataset.data={tiny_data}", "dataset.image_size=256", f"General.work_dir={tmp_path}", "General.name=short",
         "General.batch_image=2", "General.accumulate=2", "General.loader_worker=0", "schedule.eval_every=0",
-        "pretrain.backbone_weights="])
+        "pretrain.backbone_weights=", "backbone.pretrained=False"])
     trainer = Trainer(cfg)
     images, targets = next(iter(trainer.train_loader))
     losses = trainer._forward_backward(images[:3], targets[:3])

@@ -29,7 +29,8 @@ def _overrides(data: Path, work_dir: Path, name: str, compile_model: bool) -> li
     return [f"dataset.data={data}", "dataset.image_size=128", f"General.work_dir={work_dir}", f"General.name={name}",
             "General.batch_image=4", "General.loader_worker=0", "General.deterministic=True",
             "General.log_frequency=1", "schedule.end_epoch=1", "schedule.eval_every=0", "test.batch_image=4",
-            f"General.compile={compile_model}", "neck.channels=32", "head.repeats=1"]
+            f"General.compile={compile_model}", "neck.channels=32", "head.repeats=1",
+            "backbone.pretrained=False"]
 
 
 def test_compiled_training_and_inference_match_eager(tmp_path: Path) -> None:

@@ -334,17 +334,78 @@ def test_fixed_param_freezes_weights_and_batchnorm_statistics() -> None:
 def test_pretrain_errors_name_the_field_and_fix() -> None:
     cfg = load_config(ROOT / "config/demo.py", [f"pretrain.detector_weights={LITE_FILES['lite0']}"])
     with pytest.raises(PretrainError, match="lukemelas-layout backbone, not a detector; set it as pretrain.backbone"):
-        apply_pretrain(build_detector(cfg, 4), cfg.pretrain, log=lambda s: None)
+        apply_pretrain(build_detector(cfg, 4), cfg, log=lambda s: None)
     cfg = load_config(ROOT / "config/demo.py", ["pretrain.backbone_weights=pkg:no_such_pkg_xyz/w.pth"])
     with pytest.raises(WeightsFileError, match="'no_such_pkg_xyz' is not installed; pip install no-such-pkg-xyz"):
-        apply_pretrain(build_detector(cfg, 4), cfg.pretrain, log=lambda s: None)
+        apply_pretrain(build_detector(cfg, 4), cfg, log=lambda s: None)
     cfg = load_config(ROOT / "config/demo.py", ["pretrain.backbone_weights=tf_efficientnet_b99"])
     with pytest.raises(PretrainError, match="neither an existing file nor a timm model name"):
-        apply_pretrain(build_detector(cfg, 4), cfg.pretrain, log=lambda s: None)
+        apply_pretrain(build_detector(cfg, 4), cfg, log=lambda s: None)
     cfg = load_config(ROOT / "config/effdet_lite0.py", [f"pretrain.backbone_weights={LITE_FILES['lite1']}"])
     with pytest.raises(ConversionError, match="checkpoint has 21 MBConv blocks, the timm model has 16 .* another "
                                               "EfficientNet variant"):
-        apply_pretrain(build_detector(cfg, 4), cfg.pretrain, log=lambda s: None)
+        apply_pretrain(build_detector(cfg, 4), cfg, log=lambda s: None)
+
+
+def _empty_hub_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline: bool = True) -> Path:
+    """Point the Hugging Face and torch hub caches at empty folders under ``tmp_path`` (and mark the hub
+    offline), so a test sees exactly the cache it builds and never the network."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch_hub"))  # what torch.hub.set_dir sets
+    return cache
+
+
+def test_building_never_loads_pretrained_weights() -> None:
+    """``backbone.pretrained`` (on by default) is a start-of-run matter: two builds under one seed are
+    identical with it on or off, and no cache or hub is touched (offline, a load would fail)."""
+    weights = []
+    for flag in (True, False):
+        torch.manual_seed(0)
+        cfg = load_config(ROOT / "config/yolov4_r18.py", [f"backbone.pretrained={flag}"])
+        weights.append(build_detector(cfg, 3).state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_imagenet_weights_come_from_the_cache_or_stop_with_the_fixes(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config whose timm backbone has ImageNet weights starts from them: here from a Hugging Face cache
+    entry the test writes (its own seeded resnet18), loaded tensor for tensor. With an empty cache and
+    no hub, the run stops with one line naming the three fixes."""
+    from safetensors.torch import save_file
+    import timm
+
+    cache = _empty_hub_caches(tmp_path, monkeypatch)
+    cfg = load_config(ROOT / "config/yolov4_r18.py")
+    assert cfg.backbone.pretrained is True and cfg.backbone.name == "resnet18"
+    with pytest.raises(PretrainError) as err:
+        apply_pretrain(build_detector(cfg, 3), cfg, log=lambda s: None)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("backbone.pretrained: timm's ImageNet weights for 'resnet18' "
+                                                         "are not in the local cache")
+    for fix in ("pretrain.backbone_weights", "pkg: weights", "backbone.pretrained = False"):
+        assert fix in message
+
+    torch.manual_seed(1)
+    imagenet = timm.create_model("resnet18", pretrained=False).state_dict()
+    repo = timm.models.get_pretrained_cfg("resnet18").hf_hub_id
+    entry = cache / f"models--{repo.replace('/', '--')}"
+    (entry / "refs").mkdir(parents=True)
+    (entry / "refs" / "main").write_text("0" * 40)
+    (entry / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    save_file(imagenet, str(entry / "snapshots" / ("0" * 40) / "model.safetensors"))
+    model = build_detector(cfg, 3)
+    lines: list[str] = []
+    apply_pretrain(model, cfg, log=lines.append)
+    body = model.backbone.body.state_dict()
+    assert lines and lines[0].startswith("backbone.pretrained: timm ImageNet weights of 'resnet18'")
+    assert body and all(torch.equal(body[k], imagenet[k]) for k in body)
+    cfg = load_config(ROOT / "config/yolov4_r18.py", ["backbone.pretrained=False"])
+    assert apply_pretrain(build_detector(cfg, 3), cfg, log=lambda s: None) == []  # from scratch: nothing loaded
 
 
 # ----------------------------------------------------------------------------- training runs
@@ -398,7 +459,8 @@ def runs(tmp_path_factory) -> dict:
     data = _write_yaml(folder, "all", None)
     out = {"folder": folder, "data": data, "subset": _write_yaml(folder, "subset", SUBSET)}
     for name, weights in (("imagenet", LITE_FILES["lite0"]), ("scratch", "")):
-        out[name] = _train(_overrides(data, folder, name, TRAIN_EPOCHS) + [f"pretrain.backbone_weights={weights}"])
+        out[name] = _train(_overrides(data, folder, name, TRAIN_EPOCHS) + [f"pretrain.backbone_weights={weights}",
+                                                                           f"backbone.pretrained={bool(weights)}"])
     return out
 
 
@@ -435,7 +497,7 @@ def test_strip_head_then_finetune_on_subset_beats_random_init(runs: dict, capsys
     assert not any(".predict." in k for k in state["model"]) and "optimizer" not in state
 
     common = _overrides(runs["subset"], folder, "finetune", FINETUNE_EPOCHS) + [
-        "pretrain.backbone_weights=", f"pretrain.fixed_param={FROZEN!r}"]
+        "pretrain.backbone_weights=", "backbone.pretrained=False", f"pretrain.fixed_param={FROZEN!r}"]
     tune_train, tune_eval, tune_dir = _train(common + [f"pretrain.detector_weights={stripped}"])
     summary = capsys.readouterr().err
     assert "missing in checkpoint (newly initialised): 6 - head.class_net.predict.* (3), head.box_net.predict.* (3)" \

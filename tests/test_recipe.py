@@ -46,7 +46,7 @@ def test_choices_are_printed_saved_and_kept_on_resume(tmp_path: Path, capsys) ->
     data = synthetic_shapes_yaml(tmp_path, 16, 4, 96, seed=3)
     common = [f"dataset.data={data}", "dataset.image_size=96", f"General.work_dir={tmp_path}", "General.name=auto",
               "General.batch_image=4", "General.loader_worker=0", "schedule.eval_every=0",
-              "pretrain.backbone_weights=", *AUTO]
+              "pretrain.backbone_weights=", "backbone.pretrained=False", *AUTO]
     Trainer(load_config(ROOT / "config/demo.py", [*common, "schedule.end_epoch=1"])).fit()
     out = capsys.readouterr().err
     assert "recipe: optimizer.type = 'adamw' (auto: 4 steps of 4 images" in out, out
@@ -69,7 +69,7 @@ def test_schedule_mult_scales_the_run(tmp_path: Path, capsys) -> None:
     data = synthetic_shapes_yaml(tmp_path, 8, 0, 96, seed=4)
     cfg = load_config(ROOT / "config/demo.py", [
         f"dataset.data={data}", "dataset.image_size=96", f"General.work_dir={tmp_path}", "General.name=mult",
-        "General.batch_image=4", "General.loader_worker=0", "schedule.eval_every=0", "pretrain.backbone_weights=",
+        "General.batch_image=4", "General.loader_worker=0", "schedule.eval_every=0", "pretrain.backbone_weights=", "backbone.pretrained=False",
         "schedule.end_epoch=1", "schedule.warmup_epochs=0.5", "schedule.lr_steps=[1]", "schedule.mult=2"])
     trainer = Trainer(cfg)
     assert (cfg.schedule.end_epoch, cfg.schedule.lr_steps, cfg.schedule.warmup_epochs) == (2, [2], 1.0)
@@ -88,4 +88,10 @@ def test_the_starting_weights_are_named() -> None:
                                       "from random init")
     assert starting_weights(load_config(ROOT / "config/demo.py", ["pretrain.detector_weights=runs/a/best.pt"])) \
         .startswith("weights: the whole detector starts from runs/a/best.pt")
-    assert "random init for the whole detector" in starting_weights(load_config(ROOT / "config/effdet_b0.py"))
+    assert starting_weights(load_config(ROOT / "config/effdet_b0.py")) == (
+        "weights: backbone from timm's ImageNet weights for tf_efficientnet_b0 (backbone.pretrained); neck and head "
+        "from random init")
+    assert "random init for the whole detector (no pretrain.backbone_weights or detector_weights, backbone." \
+        "pretrained False)" in starting_weights(load_config(ROOT / "config/effdet_b0.py", ["backbone.pretrained=False"]))
+    assert "csp_darknet backbone 'cspdarknet53' has no ImageNet weights here" in starting_weights(
+        load_config(ROOT / "config/yolov4_l.py"))

@@ -40,7 +40,7 @@ def tiny_data(tmp_path_factory) -> Path:
 def overrides(data: Path, work_dir: Path, name: str, epochs: int = 1, *extra: str) -> list[str]:
     return [f"dataset.data={data}", "dataset.image_size=96", f"General.work_dir={work_dir}", f"General.name={name}",
             "General.batch_image=4", "General.loader_worker=0", "General.deterministic=True", "General.log_frequency=1",
-            f"schedule.end_epoch={epochs}", "schedule.eval_every=0", "pretrain.backbone_weights=", *extra]
+            f"schedule.end_epoch={epochs}", "schedule.eval_every=0", "pretrain.backbone_weights=", "backbone.pretrained=False", *extra]
 
 
 def config(data: Path, work_dir: Path, name: str, epochs: int = 1, *extra: str):

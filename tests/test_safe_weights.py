@@ -58,7 +58,7 @@ def tiny_data(tmp_path_factory) -> Path:
 def tiny_overrides(data: Path, work_dir: Path, *extra: str) -> list[str]:
     return [f"dataset.data={data}", "dataset.image_size=64", f"General.work_dir={work_dir}", "General.name=run",
             "General.batch_image=2", "General.loader_worker=0", "schedule.end_epoch=1", "schedule.eval_every=0",
-            "test.batch_image=2", "pretrain.backbone_weights=", *extra]
+            "test.batch_image=2", "pretrain.backbone_weights=", "backbone.pretrained=False", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -138,9 +138,9 @@ def test_pretrain_fields_refuse(tmp_path: Path, marker: Path, model: nn.Module, 
     from core.pretrain import apply_pretrain
 
     path = crafted(tmp_path, marker, kind, model)
-    cfg = load_config(DEMO, ["pretrain.backbone_weights=", f"pretrain.{field}={path}"])
+    cfg = load_config(DEMO, ["pretrain.backbone_weights=", "backbone.pretrained=False", f"pretrain.{field}={path}"])
     with pytest.raises(CheckpointError) as err:
-        apply_pretrain(model, cfg.pretrain, log=lambda s: None)
+        apply_pretrain(model, cfg, log=lambda s: None)
     assert_refused(str(err.value), path)
 
 
@@ -226,13 +226,13 @@ def test_opt_in_reads_pickled_files_with_a_warning(tmp_path: Path, model: nn.Mod
     # the config field: pretrain.detector_weights naming a DetLab checkpoint with a numpy RNG state
     ckpt = _write({"model": sd, "ema": None, "class_names": ["a", "b", "c"], "config": {},
                    "rng": {"numpy": np.random.get_state()}}, tmp_path / "old_detlab.pt", "headed")
-    cfg = load_config(DEMO, ["pretrain.backbone_weights=", f"pretrain.detector_weights={ckpt}"])
+    cfg = load_config(DEMO, ["pretrain.backbone_weights=", "backbone.pretrained=False", f"pretrain.detector_weights={ckpt}"])
     with pytest.raises(CheckpointError) as err:
-        apply_pretrain(model, cfg.pretrain, log=lambda s: None)
+        apply_pretrain(model, cfg, log=lambda s: None)
     assert_refused(str(err.value), ckpt)
     cfg.override("pretrain.allow_pickle=True")
     capsys.readouterr()
-    reports = apply_pretrain(model, cfg.pretrain, log=lambda s: None)
+    reports = apply_pretrain(model, cfg, log=lambda s: None)
     assert len(reports[0].loaded) == len(sd)
     assert str(ckpt) in capsys.readouterr().err
 

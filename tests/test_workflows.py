@@ -339,6 +339,24 @@ def test_predict_takes_folders_globs_and_videos(tmp_path: Path, monkeypatch: pyt
         blue = (frame[:, :, 0] > frame[:, :, 1] + 60) & (frame[:, :, 0] > frame[:, :, 2] + 60)
         assert red.sum() > 30 and blue.sum() < 5
 
+    # a second run refuses to replace any of the first one's outputs, before the model loads
+    before = {p: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert sorted(p.name for p in before) == ["clip.jsonl", "clip_detections.mp4", "p.json"]
+    monkeypatch.setattr(Detector, "from_checkpoint", classmethod(lambda cls, *a, **k: pytest.fail("model loaded")))
+    for name in ("p.json", "clip.jsonl", "clip_detections.mp4"):
+        keep = {p: (tmp_path / f"kept_{p.name}") for p in before if p.name != name}
+        for p, kept in keep.items():
+            p.rename(kept)
+        assert predict.main(["--weights", "unused.pt", str(folder), "--out", str(out / "p.json")]) == 2
+        assert f"{out / name} already exists; pass --overwrite" in capsys.readouterr().err
+        for p, kept in keep.items():
+            kept.rename(p)
+    assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    monkeypatch.setattr(Detector, "from_checkpoint", classmethod(lambda cls, *a, **k: fake))
+    assert predict.main(["--weights", "unused.pt", str(folder), "--out", str(out / "p.json"), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["clip.jsonl", "clip_detections.mp4", "p.json"]  # no temp left
+    assert len((out / "clip.jsonl").read_text().splitlines()) == 10
+
     assert predict.main(["--weights", "unused.pt", str(tmp_path / "missing.mp4")]) == 2
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
     assert predict.main(["--weights", "unused.pt", str(tmp_path / "broken.mp4"), "--out", str(out / "q.json")]) == 2

@@ -106,17 +106,12 @@ def _num_classes(cfg: Any, run_dir: Path | None) -> tuple[int, str]:
 
 def model_cost(cfg: Any, num_classes: int) -> tuple[float, float]:
     """``(parameters in millions, GFLOPs for one image at dataset.image_size)`` of ``cfg``'s network,
-    from ``utils.model_summary.summarize`` on the meta device (nothing is computed or loaded; the
-    backbone's ``pretrained`` flag is turned off on a copy of the config)."""
-    import copy
-
+    from ``utils.model_summary.summarize`` on the meta device (nothing is computed or loaded)."""
     import torch
 
     from symbol.builder import build_detector
     from utils.model_summary import summarize
 
-    cfg = copy.deepcopy(cfg)
-    cfg.backbone.pretrained = False
     with torch.device("meta"):
         model = build_detector(cfg, num_classes)
     _, totals = summarize(model, int(cfg.dataset.image_size))

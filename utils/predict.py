@@ -3,7 +3,7 @@
     python -m utils.predict --weights runs/demo/epoch_0010.pt [--config config/demo.py] INPUTS...
         [--out predictions.json] [--vis DIR] [--vis-score 0.3] [--min-score 0.05] [--tta flip,0.8,1.2]
         [--tile 512 [--overlap 0.2] [--tile-merge nms|wbf] [--tile-full]] [--video-dir DIR]
-        [--log-every 100] [--allow-pickle]
+        [--log-every 100] [--overwrite] [--allow-pickle]
 
 INPUTS are files, folders (their pictures and videos, not recursive) or glob patterns (quoted, e.g.
 'photos/**/*.jpg'). For the pictures, the json is a list of COCO result dicts (``image_id`` =
@@ -22,6 +22,9 @@ video's size and frame rate.
 resolution and merges them (``core.tiling``): for pictures much larger than the network input,
 with objects that would be a few pixels across once the whole picture is shrunk to it.
 
+Outputs that already exist are refused before the model loads unless --overwrite; each is written
+under a temporary name and renamed when complete, so an interrupted run leaves no half file.
+
 Progress goes to stderr: a bar on a terminal, else one line per --log-every pictures or frames.
 """
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -134,6 +138,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_tile_arguments(ap)
     ap.add_argument("--video-dir", metavar="DIR", help="where a video's <name>.jsonl and <name>_detections.mp4 go "
                                                        "(default: the folder of --out)")
+    ap.add_argument("--overwrite", action="store_true", help="replace outputs that already exist (the json, drawings, "
+                                                             "a video's .jsonl and _detections.mp4); without it they "
+                                                             "are refused before anything runs")
     ap.add_argument("--log-every", type=int, default=100, metavar="N", help="without a terminal, one progress line "
                                                                          "per N pictures or frames (default 100)")
     add_allow_pickle(ap)
@@ -189,6 +196,10 @@ def run(args: argparse.Namespace) -> int:
     videos = [p for p in inputs if is_video(p)]
     if videos:
         _cv2()  # fail before loading the model when videos cannot be read
+    video_dir = Path(args.video_dir) if args.video_dir else Path(args.out).parent
+    video_outputs = [(video_dir / f"{name}.jsonl", video_dir / f"{name}_detections.mp4")
+                     for name in _vis_names(videos, "")]
+    refuse_existing(planned_outputs(args, paths, videos, video_outputs), args.overwrite)
     from core.ensemble import TTAPlan
     from core.predictor import Detector
 
@@ -199,14 +210,33 @@ def run(args: argparse.Namespace) -> int:
           f"tta {tta.describe() if tta else 'none'}, {tiling.describe() if tiling else 'no tiles'}")
     if paths or not videos:
         predict_pictures(args, det, paths, tta, tiling)
-    video_dir = Path(args.video_dir) if args.video_dir else Path(args.out).parent
-    for path, name in zip(videos, _vis_names(videos, "")):
-        predict_video(args, det, path, video_dir / f"{name}.jsonl", video_dir / f"{name}_detections.mp4", tta, tiling)
+    for path, (jsonl, annotated) in zip(videos, video_outputs):
+        predict_video(args, det, path, jsonl, annotated, tta, tiling)
     return 0
+
+
+def planned_outputs(args: argparse.Namespace, paths: Sequence[Path], videos: Sequence[Path],
+                    video_outputs: Sequence[tuple[Path, Path]]) -> list[Path]:
+    """Every file a run of ``args`` would write: the json (--out, when there are pictures or no
+    videos), each picture's drawing (--vis) and each video's JSON lines and annotated copy."""
+    planned = [Path(args.out)] if paths or not videos else []
+    if args.vis:
+        planned += [Path(args.vis) / name for name in _vis_names(paths)]
+    return planned + [p for pair in video_outputs for p in pair]
+
+
+def refuse_existing(planned: Sequence[Path], overwrite: bool) -> None:
+    """ValueError naming the first output that exists (and how many more), unless ``overwrite``."""
+    existing = [p for p in planned if p.exists()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more outputs)" if len(existing) > 1 else ""
+        raise ValueError(f"{existing[0]} already exists{more}; pass --overwrite to replace, or choose another "
+                         "--out / --vis / --video-dir")
 
 
 def predict_pictures(args: argparse.Namespace, det, paths: Sequence[Path], tta, tiling) -> None:
     """Predict the pictures; write the json (--out) and the drawings (--vis)."""
+    from core.engine.tester import write_json
     from core.evaluation import to_coco_results
     from core.predictor import to_pil
     from core.visualize import draw_detections
@@ -235,8 +265,7 @@ def predict_pictures(args: argparse.Namespace, det, paths: Sequence[Path], tta, 
         progress.update(len(chunk))
     progress.close()
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results))
+    write_json(results, out)
     print(f"{len(results)} detections written to {out}")
     if vis_dir is not None:
         print(f"{len(paths)} pictures with detections (score >= {args.vis_score}) saved to {vis_dir}")
@@ -281,12 +310,14 @@ def predict_video(args: argparse.Namespace, det, path: Path, jsonl: Path, annota
         fps = DEFAULT_FPS
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     jsonl.parent.mkdir(parents=True, exist_ok=True)
+    # written under temporary names (same folder, same suffix for OpenCV) and renamed when complete
+    part_jsonl, part_video = (p.with_name(f".{p.stem}.part{p.suffix}") for p in (jsonl, annotated))
     writer = None
     bs = args.batch or det.cfg.test.batch_image
     progress = Progress(path.name, total if total > 0 else None, "frames", args.log_every)
     index, found = 0, 0
     try:
-        with open(jsonl, "w") as lines:
+        with open(part_jsonl, "w") as lines:
             while True:
                 frames = []
                 while len(frames) < bs:
@@ -298,7 +329,7 @@ def predict_video(args: argparse.Namespace, det, path: Path, jsonl: Path, annota
                     break
                 if writer is None:
                     h, w = frames[0].shape[:2]
-                    writer = cv2.VideoWriter(str(annotated), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+                    writer = cv2.VideoWriter(str(part_video), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
                     if not writer.isOpened():
                         raise ValueError(f"cannot write video '{annotated}' (OpenCV's mp4v encoder would not open)")
                 for frame, pred in zip(frames, det.predict_many(frames, args.min_score, tta, bs, tiling=tiling)):
@@ -310,13 +341,23 @@ def predict_video(args: argparse.Namespace, det, path: Path, jsonl: Path, annota
                     index += 1
                     found += len(pred)
                 progress.update(len(frames))
+    except BaseException:
+        if writer is not None:
+            writer.release()
+            writer = None
+        for part in (part_jsonl, part_video):
+            part.unlink(missing_ok=True)
+        raise
     finally:
         progress.close()
         capture.release()
         if writer is not None:
             writer.release()
     if index == 0:
+        part_jsonl.unlink(missing_ok=True)
         raise ValueError(f"video '{path}' has no frames OpenCV can read")
+    os.replace(part_jsonl, jsonl)
+    os.replace(part_video, annotated)
     print(f"{path}: {index} frames at {fps:g} fps, {found} detections written to {jsonl}; "
           f"drawn (score >= {args.vis_score}) into {annotated}")
 

@@ -131,7 +131,7 @@ class Trainer:
                 module.momentum = g.bn_momentum
         if g.sync_bn and self.dist.world_size > 1:  # before freezing, which must keep frozen norms frozen
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        apply_pretrain(self.model, cfg.pretrain, self.spec.class_names, log=self._print)  # weights, frozen params
+        apply_pretrain(self.model, cfg, self.spec.class_names, log=self._print)  # weights, frozen params
         self._print(starting_weights(cfg))
         self.task = build_task(cfg, self.model)
         # BatchNorm statistics move in the forward pass: a skipped step puts them back from this copy

@@ -7,18 +7,19 @@ from torch import nn
 
 
 class TimmBackbone(nn.Module):
-    """Wraps ``timm.create_model(name, features_only=True)``.
+    """Wraps ``timm.create_model(name, features_only=True)`` with fresh weights (building never loads
+    pretrained ones: ``core.pretrain`` does that when a run starts).
 
     ``forward(images [B, 3, H, W]) -> list`` of feature maps, one per requested level
     (stride ``2**level``), finest first. ``channels`` and ``levels`` describe them.
     """
 
-    def __init__(self, name: str, out_levels: list[int], pretrained: bool = False, drop_path_rate: float = 0.0):
+    def __init__(self, name: str, out_levels: list[int], drop_path_rate: float = 0.0):
         super().__init__()
         kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
         # timm's feature index i has stride 2**(i + 1) for the CNN families used here.
         self.body = timm.create_model(name, features_only=True, out_indices=[lv - 1 for lv in out_levels],
-                                      pretrained=pretrained, **kwargs)
+                                      pretrained=False, **kwargs)
         reductions = self.body.feature_info.reduction()
         if reductions != [2**lv for lv in out_levels]:
             raise ValueError(

@@ -19,9 +19,8 @@ class TimmBackboneHeadConv(TimmBackbone):
     ``head_channels``: ``forward(images [B, 3, H, W]) -> list`` of maps at ``out_levels``, finest
     first; the last one has ``head_channels`` channels (``channels[-1] == head_channels``)."""
 
-    def __init__(self, name: str, out_levels: list[int], head_channels: int, pretrained: bool = False,
-                 drop_path_rate: float = 0.0):
-        super().__init__(name, out_levels, pretrained=pretrained, drop_path_rate=drop_path_rate)
+    def __init__(self, name: str, out_levels: list[int], head_channels: int, drop_path_rate: float = 0.0):
+        super().__init__(name, out_levels, drop_path_rate=drop_path_rate)
         self.head_conv = ConvBnAct(self.channels[-1], head_channels, 1, act=nn.SiLU)
         self.channels = self.channels[:-1] + [head_channels]
 
