@@ -120,6 +120,12 @@ def export_onnx(model: nn.Module, head_type: str, image_size: int, path: Path, b
         raise ValueError(f"--postprocess exports one image at a time; got --batch {batch}")
     else:
         names, graph = ["boxes", "scores", "labels"], _WithPostprocess(model, postprocess, image_size)
+    for package in ("onnx", "onnxscript"):
+        try:
+            __import__(package)
+        except ImportError:
+            raise SystemExit(f"error: ONNX export needs the {package} package: pip install -r requirements-deploy.txt") \
+                from None
     example = torch.randn(batch, 3, image_size, image_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(graph.eval(), (example,), str(path), input_names=["images"], output_names=names,
