@@ -5,7 +5,7 @@ The defaults describe EfficientDet-D0 (EfficientNet-B0 + 3 BiFPN layers of 64 ch
 such as ``config/effdet_b2.py`` overrides only what differs. A field not declared here is an
 error (see ``core.config``).
 """
-from core.config import Auto, Section
+from core.config_schema import Auto, Section
 
 
 class General(Section):
