@@ -12,7 +12,8 @@ class General(Section):
     name = ""                    # run folder name under work_dir; "" = the config file's name
                                  # (config/effdet_b2.py -> runs/effdet_b2), so two configs never share a folder
     work_dir = "runs"            # runs are written to work_dir/name
-    batch_image = 8              # images per device (per process) in one forward pass
+    batch_image = Auto(int)      # images per device (per process) in one forward pass; auto: 8, or 4 for a
+                                 # training set that gives fewer than 16 steps an epoch at 8
     accumulate = 1               # forward passes per optimizer step: the step sees batch_image x accumulate
                                  # images per process, and lr and EMA follow that batch (see README)
     precision = "bf16"           # GPU autocast: bf16 | fp16 (with loss scaling) | fp32; CPUs always run fp32

@@ -1,6 +1,6 @@
 """Do the anchors fit the data? The share of training boxes an anchor matches, and anchors that would fit.
 
-At start-up the trainer calls :func:`check_anchors` with the training records. It prints the share
+At start-up the trainer calls ``core.anchor_check.check_anchors`` with the training records. It prints the share
 of training boxes that match at least one anchor under the rule the loss uses, and below
 :data:`FIT_TARGET` (95 %) it warns and prints the anchor settings that would fit as a ``--set`` line;
 with ``anchors.auto = True`` it puts them into the config before the network and the loss are built.
@@ -11,7 +11,7 @@ to the input size, at their positions in the picture (with ``dataset.tile``, in 
 :func:`input_boxes`). Training's random scale jitter (``dataset.scale_min`` / ``scale_max``) and
 crops are left out.
 
-* EfficientDet / RetinaNet heads (``head.type == "effdet"``): a box matches when its IoU with some
+* anchor-based heads (EfficientDet / RetinaNet subnets, ``core.anchor_task``): a box matches when its IoU with some
   anchor is at least ``loss.match_iou``, computed **exactly against the anchor grid** of
   ``core.anchors.AnchorGenerator`` (levels ``neck.min_level .. max_level``), the IoU that
   ``core.loss.assign`` computes. For one anchor shape on one level the best anchor is the one whose
@@ -20,7 +20,7 @@ crops are left out.
   The suggestion searches ``anchors.scale`` (2**(k/4), 0.25 .. 8, and the current value) and sets of
   ``anchors.aspect_ratios`` with as many ratios as now (the current set, geometric spreads of aspect
   1.5 .. 6 and the data's own aspect quantiles), so the head keeps its shape.
-* YOLO heads (``head.type == "yolo"``): a box matches when its width and height are both within a
+* YOLO heads (``core.yolo``): a box matches when its width and height are both within a
   factor ``loss.yolo_anchor_t`` of one of the ``anchors.yolo`` sizes (``core.yolo.build_targets``; a
   shape-only rule, position plays no part). The suggestion is YOLOv5's autoanchor: k-means on the
   boxes' (w, h) with ``1 - IoU`` of the centred boxes as distance, then a genetic refinement
@@ -289,7 +289,7 @@ def _format_value(value: Any) -> str:
 
 @dataclass
 class AnchorFit:
-    """What :func:`measure_anchor_fit` found.
+    """What ``core.anchor_check.measure_anchor_fit`` found.
 
     ``kind``: ``"anchors"`` (EfficientDet / RetinaNet head) or ``"yolo"``; ``boxes``: training boxes
     counted; ``share``: those that match an anchor (NaN without boxes); ``current``: the config's
@@ -344,62 +344,6 @@ class AnchorFit:
                     "the backbone gives it), a larger dataset.image_size or a lower loss.match_iou would match more")
         return (f". The median box is {w:.0f} x {h:.0f} input px: more anchors per level or a larger "
                 "loss.yolo_anchor_t would match more")
-
-
-def measure_anchor_fit(cfg: Any, records: Sequence[Any], suggest: bool | None = None, seed: int = 0) -> AnchorFit:
-    """How well ``cfg``'s anchors fit ``records``' boxes (see the module docstring); with ``suggest``
-    (default: when the share is below :data:`FIT_TARGET`) also the anchors that would fit."""
-    image_size = int(cfg.dataset.image_size)
-    boxes = input_boxes(records, image_size, int(getattr(cfg.dataset, "tile", 0) or 0))
-    wh = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1)
-    median = (float(np.median(wh[:, 0])), float(np.median(wh[:, 1]))) if len(wh) else (float("nan"),) * 2
-    a = cfg.anchors
-    if cfg.head.type == "yolo":
-        anchors = np.asarray([v for row in a.yolo for v in row], dtype=np.float64).reshape(-1, 2)
-        t = cfg.loss.yolo_anchor_t
-        fit = AnchorFit("yolo", len(wh), yolo_share(wh, anchors, t),
-                        f"are within loss.yolo_anchor_t = {t:g} of an anchors.yolo size (width and height ratio)",
-                        current={"yolo": [list(r) for r in a.yolo]}, median_wh=median)
-        if (suggest if suggest is not None else not fit.fits) and len(wh):
-            try:
-                found = kmeans_anchors(wh, len(anchors), t, seed=seed)
-            except ValueError:
-                return fit
-            fit.suggestion = {"yolo": yolo_rows(found, a.yolo)}
-            flat = np.asarray([v for row in fit.suggestion["yolo"] for v in row], dtype=np.float64).reshape(-1, 2)
-            fit.suggested_share = yolo_share(wh, flat, t)
-        return fit
-    levels = anchor_levels(cfg)
-    m = cfg.loss.match_iou
-    fit = AnchorFit("anchors", len(boxes),
-                    anchor_share(boxes, levels, a.scale, a.num_scales, a.aspect_ratios, image_size, m),
-                    f"have an anchor at IoU >= {m:g} (loss.match_iou)",
-                    current={"scale": a.scale, "aspect_ratios": [list(r) for r in a.aspect_ratios]},
-                    median_wh=median, min_stride=2 ** levels[0])
-    if (suggest if suggest is not None else not fit.fits) and len(boxes):
-        scale, ratios = suggest_anchor_params(boxes, levels, a.scale, a.num_scales, a.aspect_ratios, image_size, m,
-                                              seed=seed)
-        fit.suggestion = {"scale": scale, "aspect_ratios": ratios}
-        fit.suggested_share = anchor_share(boxes, levels, scale, a.num_scales, ratios, image_size, m)
-    return fit
-
-
-def check_anchors(cfg: Any, records: Sequence[Any], log: Callable[[str], None] = print) -> AnchorFit:
-    """The trainer's start-up check: print the share of ``records``' boxes the anchors match and, below
-    :data:`FIT_TARGET`, a warning with the ``--set`` line of anchors that fit. With ``anchors.auto``
-    the suggestion (when it matches more boxes) replaces the config's anchors, which is printed too;
-    call it before the network and the loss are built from ``cfg``."""
-    fit = measure_anchor_fit(cfg, records, seed=cfg.General.seed)
-    for line in fit.lines():
-        log(line)
-    better = fit.suggested_share is not None and fit.suggested_share > fit.share
-    if cfg.anchors.auto and not fit.fits and fit.suggestion and better:
-        for key, value in fit.suggestion.items():
-            setattr(cfg.anchors, key, value)
-        changes = ", ".join(f"anchors.{k} = {_format_value(v)}" for k, v in fit.suggestion.items())
-        log(f"anchors.auto: using {changes} (they fit {fit.suggested_share:.1%} of the training boxes, "
-            f"the configured ones {fit.share:.1%})")
-    return fit
 
 
 def use_trained_anchors(cfg: Any, saved: dict[str, Any] | None,

@@ -1,81 +1,86 @@
-"""What turns a network's raw outputs into a loss or detections: anchors, matching, coding."""
+"""What turns a network's raw outputs into a loss or detections: the head family's task.
+
+Each head family has a task class in its own module, registered in ``core.task_registry.TASKS``
+under its ``head.type``: ``core.anchor_task`` (``effdet``) and ``core.yolo`` (``yolo``). A task is
+built from the config's ``anchors``, ``loss`` and ``test`` sections and holds no weights, so the
+same task serves a plain, an EMA and a DistributedDataParallel-wrapped network alike. It offers
+(see :class:`Task`): the training loss, detections, an export form, and, as class-level methods,
+what only the family knows about its weights and anchors (surgery and the anchor check ask it).
+"""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
-from core.anchors import AnchorGenerator, flatten_levels
-from core.loss import assign, detection_loss
-from core.postprocess import Detections, postprocess
+import core.anchor_task  # noqa: F401  (registers the anchor-based family)
+import core.yolo  # noqa: F401  (registers the YOLO family)
+from core.anchor_fit import AnchorFit
+from core.postprocess import Detections
+from core.task_registry import TASKS
 
-if TYPE_CHECKING:
-    from core.yolo import YoloTask
 
+class Task(Protocol):
+    """The interface every head family's task class offers."""
 
-class DetectionTask:
-    """Loss and post-processing for an anchor-based one-stage detector.
+    num_classes: int
+    test_cfg: Any
 
-    Built from the config's ``anchors``, ``loss`` and ``test`` sections; holds no weights, so the
-    same task serves a plain, an EMA and a DistributedDataParallel-wrapped network alike.
-    """
+    def __init__(self, cfg: Any, levels: list[int], num_classes: int) -> None: ...
 
-    def __init__(self, cfg: Any, levels: list[int], num_classes: int):
-        a = cfg.anchors
-        self.anchors = AnchorGenerator(levels, a.scale, a.num_scales, a.aspect_ratios)
-        self.loss_cfg = cfg.loss
-        self.test_cfg = cfg.test
-        self.num_classes = num_classes
-
-    def _anchors(self, images: torch.Tensor, num_positions: int) -> torch.Tensor:
-        anchors = self.anchors(tuple(images.shape[-2:]), images.device)
-        if anchors.shape[0] != num_positions:
-            raise RuntimeError(f"network gives {num_positions} anchor positions, anchors {anchors.shape[0]}: "
-                               "check neck.min_level/max_level against the head's levels")
-        return anchors
-
-    def loss(self, outputs: tuple[list[torch.Tensor], list[torch.Tensor]], images: torch.Tensor,
-             targets: list[dict[str, Any]],
+    def loss(self, outputs: Any, images: torch.Tensor, targets: list[dict[str, Any]],
              average: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Training loss for a batch. ``images`` ``[B, 3, H, W]`` (only its shape is used);
-        ``targets[i]["boxes"]`` ``[G_i, 4]`` xyxy input pixels, ``["labels"]`` ``[G_i]``.
-        ``average`` maps this process's count of positive anchors to the mean over processes, so
-        that every process normalises by the same number (distributed training)."""
-        # [B, A*C, H, W] -> [B, H, W, A, C] views in anchor order; no copy of the largest tensors.
-        class_logits = [o.permute(0, 2, 3, 1).unflatten(-1, (-1, self.num_classes)) for o in outputs[0]]
-        box_deltas = flatten_levels(outputs[1], 4)
-        anchors = self._anchors(images, box_deltas.shape[1])
-        c = self.loss_cfg
-        assignment = assign(anchors, [t["boxes"].to(anchors.device) for t in targets],
-                            [t["labels"].to(anchors.device) for t in targets], c.match_iou, c.ignore_iou)
-        num_positives = (assignment.labels >= 0).sum()
-        if average is not None:
-            num_positives = average(num_positives.float())
-        return detection_loss(class_logits, box_deltas, anchors, assignment, c.focal_alpha, c.focal_gamma,
-                              c.huber_delta, c.box_loss_weight, num_positives)
+        """``loss`` and its parts for a batch; ``targets[i]["boxes"]`` xyxy input pixels, ``["labels"]``."""
 
-    def detect(self, outputs: tuple[list[torch.Tensor], list[torch.Tensor]], images: torch.Tensor) -> list[Detections]:
+    def detect(self, outputs: Any, images: torch.Tensor) -> list[Detections]:
         """Detections per image, boxes xyxy in input pixels of ``images`` ``[B, 3, H, W]``."""
-        # [B, A*C, H, W] -> [B, H*W*A, C]: views when the outputs are channels_last, as DetLab runs them
-        class_logits = [o.permute(0, 2, 3, 1).reshape(o.shape[0], -1, self.num_classes) for o in outputs[0]]
-        box_deltas = flatten_levels(outputs[1], 4)
-        anchors = self._anchors(images, box_deltas.shape[1])
-        t = self.test_cfg
-        return postprocess(class_logits, box_deltas, anchors, tuple(images.shape[-2:]), t.top_n,
-                           t.min_det_score, t.nms_thresh, t.max_det_per_image)
+
+    def export_head(self, image_size: int) -> nn.Module:
+        """Raw outputs of one image -> ``(boxes [K, 4], scores [K], labels [K])`` candidates before NMS."""
+
+    @staticmethod
+    def output_names(levels: list[int]) -> list[str]:
+        """ONNX names of the raw outputs, flattened in the order the network returns them."""
+
+    @staticmethod
+    def owns_state(state: dict[str, torch.Tensor]) -> bool:
+        """Whether a DetLab state dict holds this family's head."""
+
+    @staticmethod
+    def predictor_names(state: dict[str, torch.Tensor]) -> list[str]:
+        """The class and box predictors in ``state`` (what ``--strip-head`` removes)."""
+
+    @staticmethod
+    def class_predictors(state: dict[str, torch.Tensor], num_classes: int) -> tuple[list[str], int, int]:
+        """``(names, channels per anchor, leading non-class channels per anchor)`` of the class predictors."""
+
+    @staticmethod
+    def fit_anchors(cfg: Any, boxes: np.ndarray, median: tuple[float, float], suggest: bool | None,
+                    seed: int) -> AnchorFit:
+        """How well ``cfg``'s anchors fit ``boxes`` (``[N, 4]`` xyxy input pixels), see ``core.anchor_check``."""
 
 
-def build_task(cfg: Any, model: nn.Module) -> DetectionTask | YoloTask:
-    """The loss / post-processing object for ``model`` (built by ``symbol.builder`` from ``cfg``):
-    :class:`DetectionTask` for ``head.type == "effdet"``, ``core.yolo.YoloTask`` for ``"yolo"``.
-    Both offer ``loss(outputs, images, targets, average=None) -> dict`` (``loss`` and its parts) and
-    ``detect(outputs, images) -> list[Detections]`` (boxes in input pixels)."""
+def task_class(head_type: str) -> type[Task]:
+    """The task class registered for ``head.type = head_type``; ValueError naming the choices otherwise."""
+    return TASKS.get(head_type)
+
+
+def build_task(cfg: Any, model: nn.Module) -> Task:
+    """The loss / post-processing object for ``model`` (built by ``symbol.builder`` from ``cfg``), of the
+    class registered for ``cfg.head.type``."""
     model = getattr(model, "module", model)  # DistributedDataParallel / EMA wrappers
-    if cfg.head.type == "effdet":
-        return DetectionTask(cfg, model.levels, model.num_classes)
-    if cfg.head.type == "yolo":
-        from core.yolo import YoloTask
+    return task_class(cfg.head.type)(cfg, model.levels, model.num_classes)
 
-        return YoloTask(cfg, model.levels, model.num_classes)
-    raise ValueError(f"no task for head.type '{cfg.head.type}'; choose effdet or yolo")
+
+def head_type_of(state: dict[str, torch.Tensor], config: dict[str, Any] | None = None) -> str:
+    """The ``head.type`` of a DetLab state dict: from a checkpoint's saved config when given, else the
+    family whose head the names hold. ValueError when none does."""
+    if config and isinstance(config.get("head"), dict) and config["head"].get("type"):
+        return str(config["head"]["type"])
+    for name in TASKS:
+        if TASKS.get(name).owns_state(state):
+            return name
+    raise ValueError("no DetLab detection head in this state dict (no registered head family's names); "
+                     "is it a DetLab detector? (--from converts other layouts)")

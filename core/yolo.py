@@ -19,13 +19,21 @@ ones (0 elsewhere), weighted per layer, and class BCE of the matched predictions
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from core.anchor_fit import AnchorFit, kmeans_anchors, yolo_rows, yolo_share
 from core.postprocess import Detections, batch_top_candidates, clip_and_suppress, passing_candidates
+from core.task_registry import TASKS
+
+# the per-level predictor convs: head.layers.N.predict.{weight,bias}, A_N * (5 + C) channels each
+PREDICTOR = re.compile(r"^head\.layers\.(\d+)\.predict\.(weight|bias)$")
 
 # Cell shifts (dx, dy) of the centre cell and of the left, top, right, bottom neighbours.
 _SHIFTS = ((0, 0), (-1, 0), (0, -1), (1, 0), (0, 1))
@@ -221,6 +229,7 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, image_size: tup
     return clip_and_suppress(box, score, labels, image, batch, num_classes, image_size, nms_thresh, max_det)
 
 
+@TASKS.register("yolo")
 class YoloTask:
     """Loss and post-processing for YOLO heads, from the config's ``anchors.yolo``, ``loss.yolo_*``
     and ``test`` sections. Holds no weights (serves plain, EMA and DDP-wrapped networks alike)."""
@@ -273,3 +282,71 @@ class YoloTask:
         t = self.test_cfg
         return select_detections(boxes, scores, tuple(images.shape[-2:]), t.top_n, t.min_det_score, t.nms_thresh,
                                  t.max_det_per_image)
+
+    # ------------------------------------------------------------------ what only this family knows
+
+    def export_head(self, image_size: int) -> nn.Module:
+        """For ONNX export of one ``[1, 3, S, S]`` image: raw outputs -> ``(boxes [K, 4]`` xyxy input
+        pixels, ``scores [K]``, ``labels [K])``, the ``test.top_n`` best (box, class) scores before NMS."""
+        return _YoloCandidates(self, image_size)
+
+    @staticmethod
+    def output_names(levels: list[int]) -> list[str]:
+        """ONNX output names of the raw outputs, one per level."""
+        return [f"yolo_P{lv}" for lv in levels]
+
+    @staticmethod
+    def owns_state(state: dict[str, torch.Tensor]) -> bool:
+        """Whether a DetLab state dict holds this family's head."""
+        return any(PREDICTOR.match(k) for k in state)
+
+    @staticmethod
+    def predictor_names(state: dict[str, torch.Tensor]) -> list[str]:
+        """Names of the per-level predictors (box, objectness and class channels) in ``state``."""
+        return [k for k in state if PREDICTOR.match(k)]
+
+    @staticmethod
+    def class_predictors(state: dict[str, torch.Tensor], num_classes: int) -> tuple[list[str], int, int]:
+        """``(names, channels per anchor, leading non-class channels per anchor)``: per anchor
+        ``5 + C`` channels, the first 5 box and objectness."""
+        return [k for k in state if PREDICTOR.match(k)], 5 + num_classes, 5
+
+    @staticmethod
+    def fit_anchors(cfg: Any, boxes: np.ndarray, median: tuple[float, float], suggest: bool | None,
+                    seed: int) -> AnchorFit:
+        """The share of ``boxes`` (``[N, 4]`` xyxy input pixels) whose width and height are within
+        ``loss.yolo_anchor_t`` of an ``anchors.yolo`` size and, when asked (default: below the target),
+        YOLOv5-style k-means anchors that fit."""
+        a, t = cfg.anchors, cfg.loss.yolo_anchor_t
+        wh = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1)
+        anchors = np.asarray([v for row in a.yolo for v in row], dtype=np.float64).reshape(-1, 2)
+        fit = AnchorFit("yolo", len(wh), yolo_share(wh, anchors, t),
+                        f"are within loss.yolo_anchor_t = {t:g} of an anchors.yolo size (width and height ratio)",
+                        current={"yolo": [list(r) for r in a.yolo]}, median_wh=median)
+        if (suggest if suggest is not None else not fit.fits) and len(wh):
+            try:
+                found = kmeans_anchors(wh, len(anchors), t, seed=seed)
+            except ValueError:
+                return fit
+            fit.suggestion = {"yolo": yolo_rows(found, a.yolo)}
+            flat = np.asarray([v for row in fit.suggestion["yolo"] for v in row], dtype=np.float64).reshape(-1, 2)
+            fit.suggested_share = yolo_share(wh, flat, t)
+        return fit
+
+
+class _YoloCandidates(nn.Module):
+    """:meth:`YoloTask.export_head`: decode every prediction, keep the top (box, class) scores."""
+
+    def __init__(self, task: YoloTask, image_size: int):
+        super().__init__()
+        self.task = task
+        positions = sum(a * math.ceil(image_size / s) ** 2 for a, s in zip(task.num_anchors, task.strides))
+        self.top_n = min(task.test_cfg.top_n, positions * task.num_classes)
+
+    def forward(self, outputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        task = self.task
+        layers = split_layers(list(outputs), task.num_anchors, task.num_classes)
+        all_boxes, all_scores = decode(layers, task.anchors, task.strides)  # scores box-major (box, class)
+        scores, index = all_scores.reshape(-1).topk(self.top_n)
+        position = torch.div(index, task.num_classes, rounding_mode="floor")
+        return all_boxes[0, position], scores, index - position * task.num_classes

@@ -1,5 +1,7 @@
-"""Small building blocks shared by necks and heads."""
+"""Small building blocks shared by backbones, necks and heads."""
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import nn
@@ -51,3 +53,22 @@ class ConvBn(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(x))
+
+
+def yolo_batch_norm(channels: int) -> nn.BatchNorm2d:
+    """BatchNorm with the YOLOv4/v5 settings (eps 1e-3, momentum 0.03)."""
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.03)
+
+
+class ConvBnAct(nn.Module):
+    """k x k conv (no bias, padding ``k // 2``) + BN + activation: ``[B, C_in, H, W] -> [B, C_out, H/s, W/s]``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1,
+                 act: Callable[[], nn.Module] = nn.Mish):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False)
+        self.bn = yolo_batch_norm(out_channels)
+        self.act = act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))

@@ -1,4 +1,4 @@
-"""The start-up anchor check (core.anchor_fit): the share of training boxes an anchor matches, the
+"""The start-up anchor check (core.anchor_check, core.anchor_fit): the share of training boxes an anchor matches, the
 warning below 95 % with a --set line that fits, anchors.auto, and YOLOv5-style k-means anchors."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from core import anchor_fit
+from core import anchor_check, anchor_fit
 from core.anchors import AnchorGenerator
 from core.config import load_config
 from core.data.records import ImageRecord
@@ -64,7 +64,7 @@ def test_boxes_that_fit_the_default_anchors_give_no_warning():
     before = cfg.to_dict()["anchors"]
     records = records_from_wh(anchor_shaped_wh(cfg, 2000, seed=0), 512, seed=1)
     lines: list[str] = []
-    fit = anchor_fit.check_anchors(cfg, records, log=lines.append)
+    fit = anchor_check.check_anchors(cfg, records, log=lines.append)
     assert fit.share >= 0.95 and fit.boxes == 2000
     assert len(lines) == 1 and lines[0].startswith("anchors: ") and "warning" not in lines[0]
     assert f"{fit.share:.1%} of 2000 training boxes" in lines[0]
@@ -85,23 +85,23 @@ def test_small_boxes_warn_with_anchors_that_fit():
     cfg = load_config(BASE)
     records = records_from_wh(uniform_wh(1500, 16, 24, seed=3), 512, seed=4)
     lines: list[str] = []
-    fit = anchor_fit.check_anchors(cfg, records, log=lines.append)
+    fit = anchor_check.check_anchors(cfg, records, log=lines.append)
     assert fit.share < 0.5 and len(lines) == 1
     line = lines[0]
     assert line.startswith("warning: only ") and "--set anchors.scale=" in line and "anchors.aspect_ratios=" in line
     fixed = _apply_set_line(BASE, line)
     assert fixed.anchors.scale < cfg.anchors.scale
-    again = anchor_fit.measure_anchor_fit(fixed, records)
+    again = anchor_check.measure_anchor_fit(fixed, records)
     assert again.share >= 0.95 and again.share == pytest.approx(fit.suggested_share)
     assert f"fit {fit.suggested_share:.1%} of them" in line
     assert again.lines()[0].startswith("anchors: ")
 
     auto = load_config(BASE, ["anchors.auto=True"])
     auto_lines: list[str] = []
-    anchor_fit.check_anchors(auto, records, log=auto_lines.append)
+    anchor_check.check_anchors(auto, records, log=auto_lines.append)
     assert auto.anchors.scale == fixed.anchors.scale and auto.anchors.aspect_ratios == fixed.anchors.aspect_ratios
     assert auto_lines[0] == line and auto_lines[1].startswith("anchors.auto: using anchors.scale = ")
-    assert anchor_fit.check_anchors(auto, records, log=lambda _: None).fits  # deterministic: the same fit
+    assert anchor_check.check_anchors(auto, records, log=lambda _: None).fits  # deterministic: the same fit
 
 
 def test_tiny_boxes_warn_and_say_why_the_grid_cannot_fit_them():
@@ -110,14 +110,14 @@ def test_tiny_boxes_warn_and_say_why_the_grid_cannot_fit_them():
     share from ~0 to about 20 % (stated level: >= 15 %) and the warning says what else would help."""
     cfg = load_config(BASE)
     records = records_from_wh(uniform_wh(1500, 4, 8, seed=5), 512, seed=6)
-    fit = anchor_fit.measure_anchor_fit(cfg, records)
+    fit = anchor_check.measure_anchor_fit(cfg, records)
     assert fit.share < 0.01
     line = fit.lines()[0]
     assert "--set anchors.scale=" in line and "neck.min_level" in line and "stride 8 px" in line
     fixed = _apply_set_line(BASE, line)
-    assert anchor_fit.measure_anchor_fit(fixed, records).share >= 0.15
+    assert anchor_check.measure_anchor_fit(fixed, records).share >= 0.15
     # the same boxes 4x as large in the input (dataset.image_size 2048) fit again with a suggestion
-    bigger = anchor_fit.measure_anchor_fit(load_config(BASE, ["dataset.image_size=2048"]), records)
+    bigger = anchor_check.measure_anchor_fit(load_config(BASE, ["dataset.image_size=2048"]), records)
     assert bigger.share < 0.95 and bigger.suggested_share >= 0.95
 
 
@@ -145,7 +145,7 @@ def test_yolo_check_matches_build_targets_and_warns_for_boxes_no_anchor_fits():
 
     cfg = load_config(YOLO)
     ordinary = records_from_wh(uniform_wh(500, 8, 400, seed=7), 640, seed=8)
-    fit = anchor_fit.measure_anchor_fit(cfg, ordinary)
+    fit = anchor_check.measure_anchor_fit(cfg, ordinary)
     assert fit.kind == "yolo" and fit.share >= 0.95 and fit.lines()[0].startswith("anchors: ")
 
     # long thin boxes (text lines): no YOLOv4 COCO anchor is within 4x in both width and height
@@ -153,7 +153,7 @@ def test_yolo_check_matches_build_targets_and_warns_for_boxes_no_anchor_fits():
     thin = np.stack([rng.uniform(100, 200, 800), rng.uniform(3, 6, 800)], axis=1)
     mixed = np.concatenate([thin, uniform_wh(200, 20, 60, seed=10)])
     records = records_from_wh(mixed, 640, seed=11)
-    fit = anchor_fit.measure_anchor_fit(cfg, records)
+    fit = anchor_check.measure_anchor_fit(cfg, records)
     # the share is what build_targets matches: boxes with at least one (anchor, layer) match
     boxes = torch.tensor(anchor_fit.input_boxes(records, 640), dtype=torch.float32)
     gt = torch.cat([torch.zeros(len(boxes), 2), (boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], 1)
@@ -169,11 +169,11 @@ def test_yolo_check_matches_build_targets_and_warns_for_boxes_no_anchor_fits():
     assert line.startswith("warning: only ") and "--set 'anchors.yolo=[[" in line
     fixed = _apply_set_line(YOLO, line)
     assert [len(r) for r in fixed.anchors.yolo] == [len(r) for r in cfg.anchors.yolo]
-    assert anchor_fit.measure_anchor_fit(fixed, records).share >= 0.95
+    assert anchor_check.measure_anchor_fit(fixed, records).share >= 0.95
 
     auto = load_config(YOLO, ["anchors.auto=True"])
     said: list[str] = []
-    anchor_fit.check_anchors(auto, records, log=said.append)
+    anchor_check.check_anchors(auto, records, log=said.append)
     assert auto.anchors.yolo == fixed.anchors.yolo and said[1].startswith("anchors.auto: using anchors.yolo = ")
 
 
@@ -192,6 +192,6 @@ def test_tester_uses_the_anchors_auto_chose():
 
 def test_no_boxes():
     cfg = load_config(BASE)
-    fit = anchor_fit.check_anchors(cfg, [ImageRecord(0, "/x.jpg", 64, 64, np.zeros((0, 4)), np.zeros(0))],
+    fit = anchor_check.check_anchors(cfg, [ImageRecord(0, "/x.jpg", 64, 64, np.zeros((0, 4)), np.zeros(0))],
                                    log=lambda _: None)
     assert fit.fits and fit.boxes == 0 and "no training boxes" in fit.lines()[0]

@@ -20,7 +20,7 @@ from core.loss import BACKGROUND, IGNORE, assign, detection_loss
 from core.nms import class_nms
 from core.postprocess import (Detections, batch_top_candidates, detections_to_cpu, full_topk, postprocess,
                               top_candidates)
-from core.task import DetectionTask
+from core.anchor_task import DetectionTask
 from symbol.builder import build_detector
 
 ROOT = Path(__file__).resolve().parent.parent

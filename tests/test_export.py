@@ -9,6 +9,7 @@ import torch
 
 from core.config import load_config
 from symbol.builder import build_detector
+from core.task import build_task
 from utils.export import export_onnx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +26,7 @@ def test_onnx_matches_pytorch(config: str, tmp_path: Path) -> None:
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
-    names = export_onnx(model, cfg.head.type, 128, tmp_path / "model.onnx")
+    names = export_onnx(model, build_task(cfg, model), 128, tmp_path / "model.onnx")
     images = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         out = model(images)
@@ -43,8 +44,6 @@ def test_onnx_with_postprocess_matches_detlab_detections(config: str, bn_var: tu
                                                          tmp_path: Path) -> None:
     """``--postprocess``: onnxruntime's boxes, scores and labels equal DetLab's own detections
     (``task.detect``: the CPU top-k search and class-wise NMS) on the same image."""
-    from core.task import build_task
-
     cfg = load_config(ROOT / "config" / f"{config}.py", ["dataset.image_size=128", "test.min_det_score=0.05"])
     torch.manual_seed(0)
     model = build_detector(cfg, 3).eval()
@@ -61,7 +60,7 @@ def test_onnx_with_postprocess_matches_detlab_detections(config: str, bn_var: tu
             conv.bias.normal_(-2.0, 1.0)
             conv.weight.mul_(10.0)
     task = build_task(cfg, model)
-    names = export_onnx(model, cfg.head.type, 128, tmp_path / "det.onnx", postprocess=task)
+    names = export_onnx(model, task, 128, tmp_path / "det.onnx", postprocess=True)
     assert names == ["boxes", "scores", "labels"]
     session = ort.InferenceSession(str(tmp_path / "det.onnx"), providers=["CPUExecutionProvider"])
     for seed in range(3):
@@ -81,9 +80,7 @@ def test_onnx_with_postprocess_matches_detlab_detections(config: str, bn_var: tu
 
 
 def test_postprocess_export_is_one_image_at_a_time(tmp_path: Path) -> None:
-    from core.task import build_task
-
     cfg = load_config(ROOT / "config/effdet_b0.py", ["dataset.image_size=128"])
     model = build_detector(cfg, 3)
     with pytest.raises(ValueError, match="one image at a time; got --batch 2"):
-        export_onnx(model, "effdet", 128, tmp_path / "e.onnx", batch=2, postprocess=build_task(cfg, model))
+        export_onnx(model, build_task(cfg, model), 128, tmp_path / "e.onnx", batch=2, postprocess=True)

@@ -13,31 +13,49 @@ from core.engine.trainer import Trainer
 from conftest import synthetic_shapes_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-AUTO = ["optimizer.type=auto", "optimizer.lr=auto", "General.bn_momentum=auto", "schedule.warmup_epochs=auto",
+AUTO = ["General.batch_image=auto", "optimizer.type=auto", "optimizer.lr=auto", "General.bn_momentum=auto", "schedule.warmup_epochs=auto",
         "dataset.scale_min=auto", "dataset.scale_max=auto"]
 
 
-def chosen(config: str, steps_per_epoch: int, batch: int, *extra: str) -> dict[str, object]:
+def chosen(config: str, train_images: int, *extra: str, world_size: int = 1) -> dict[str, object]:
     cfg = load_config(ROOT / config, list(extra))
-    resolve_recipe(cfg, steps_per_epoch, batch)
-    return {"type": cfg.optimizer.type, "lr": cfg.optimizer.lr * batch / cfg.optimizer.lr_batch,
-            "bn": cfg.General.bn_momentum, "warmup_steps": cfg.schedule.warmup_epochs * steps_per_epoch,
+    resolve_recipe(cfg, train_images, world_size)
+    batch = cfg.General.batch_image * cfg.General.accumulate * world_size
+    steps_per_epoch = train_images // batch
+    return {"batch": cfg.General.batch_image, "type": cfg.optimizer.type,
+            "lr": cfg.optimizer.lr * batch / cfg.optimizer.lr_batch, "bn": cfg.General.bn_momentum,
+            "warmup_steps": cfg.schedule.warmup_epochs * steps_per_epoch,
             "scale": (cfg.dataset.scale_min, cfg.dataset.scale_max)}
 
 
 def test_short_runs_fine_tune_and_long_runs_keep_the_paper_recipe() -> None:
     # a few dozen photos for 60 epochs: AdamW at 1e-3, fast BatchNorm statistics, narrow jitter
-    short = chosen("config/effdet_lite0.py", 5, 8, "schedule.end_epoch=60")
+    short = chosen("config/effdet_lite0.py", 40, "schedule.end_epoch=60", "General.batch_image=8")
     assert short["type"] == "adamw" and short["lr"] == pytest.approx(1e-3) and short["bn"] == 0.1
     assert short["warmup_steps"] == pytest.approx(20) and short["scale"] == (0.8, 1.2)
-    # EfficientDet-D0's 300 COCO epochs: the paper's SGD 0.01 per 16 images, momentum 0.01, jitter 0.1-2.0
-    long = chosen("config/effdet_b0.py", 7329, 64)
-    assert long["type"] == "sgd" and long["lr"] == pytest.approx(0.04) and long["bn"] == 0.01
-    assert long["warmup_steps"] == pytest.approx(1000, abs=1) and long["scale"] == (0.1, 2.0)
+    # EfficientDet-D0's 300 COCO epochs on 8 processes: the paper's SGD 0.01 per 16 images, momentum 0.01,
+    # jitter 0.1-2.0, and EfficientDet's 8 images per process
+    long = chosen("config/effdet_b0.py", 7329 * 64, world_size=8)
+    assert long["batch"] == 8 and long["type"] == "sgd" and long["lr"] == pytest.approx(0.04)
+    assert long["bn"] == 0.01 and long["warmup_steps"] == pytest.approx(1000, abs=1) and long["scale"] == (0.1, 2.0)
     # values an experiment or --set gives win; the rest is still chosen
-    given = chosen("config/demo.py", 60, 8, "General.bn_momentum=auto")  # demo gives AdamW 2e-3 at 8
-    assert given["type"] == "adamw" and given["lr"] == pytest.approx(2e-3) and given["bn"] == 0.1
-    assert chosen("config/effdet_lite0.py", 5, 8, "optimizer.type=sgd")["lr"] == pytest.approx(0.005)
+    given = chosen("config/demo.py", 480, "General.bn_momentum=auto")  # demo gives AdamW 2e-3 at 8
+    assert given["batch"] == 8 and given["type"] == "adamw" and given["lr"] == pytest.approx(2e-3)
+    assert given["bn"] == 0.1
+    assert chosen("config/effdet_lite0.py", 40, "optimizer.type=sgd", "General.batch_image=8")["lr"] == \
+        pytest.approx(0.005)
+
+
+def test_the_batch_follows_the_training_set() -> None:
+    """8 images per process, halved to 4 while an epoch would have fewer than 16 steps: a few dozen photos
+    train at 4 (twice the updates per pass), a larger set, or one shared by fewer processes, at 8."""
+    assert chosen("config/effdet_lite0.py", 38)["batch"] == 4
+    assert chosen("config/effdet_lite0.py", 127)["batch"] == 4  # 15 steps at 8
+    assert chosen("config/effdet_lite0.py", 128)["batch"] == 8  # 16 steps at 8
+    assert chosen("config/effdet_lite0.py", 128, world_size=2)["batch"] == 4
+    assert chosen("config/effdet_lite0.py", 128, "General.accumulate=2")["batch"] == 4
+    assert chosen("config/effdet_lite0.py", 6)["batch"] == 4  # never below 4: BatchNorm needs a few images
+    assert chosen("config/effdet_lite0.py", 38, "General.batch_image=16")["batch"] == 16  # given: kept
     with pytest.raises(ConfigError, match="float or auto"):
         load_config(ROOT / "config/effdet_lite0.py", ["optimizer.lr=fast"])
 
@@ -60,7 +78,7 @@ def test_choices_are_printed_saved_and_kept_on_resume(tmp_path: Path, capsys) ->
     assert "recipe: optimizer.type = 'adamw' (auto, as the run's first start chose)" in capsys.readouterr().err
     resumed._lock.release()
     fresh = load_config(ROOT / "config/demo.py", [*common, "schedule.end_epoch=3000"])
-    resolve_recipe(fresh, 4, 4)
+    resolve_recipe(fresh, 16)
     assert fresh.optimizer.type == "sgd"
 
 

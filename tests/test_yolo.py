@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from core.config import load_config
-from core.task import DetectionTask, build_task
+from core.anchor_task import DetectionTask
+from core.task import build_task
 from core.yolo import YoloTask, build_targets, decode, gather_targets, split_layers
 from symbol.builder import build_detector
 from conftest import synthetic_shapes_yaml

@@ -36,7 +36,7 @@ def config_row(path: Path, num_classes: int) -> list[str]:
     params = sum(p.numel() for p in model.parameters())
     levels = f"P{cfg.neck.min_level}-P{cfg.neck.max_level}"
     neck = f"{cfg.neck.type} {levels}"
-    head = f"{cfg.head.type} x{len(model.levels)}" if cfg.head.type == "yolo" else cfg.head.type
+    head = f"{cfg.head.type} x{len(model.levels)}"  # output levels
     return [path.stem, cfg.backbone.name, neck, head, str(size), f"{params / 1e6:.2f}",
             f"{counter.get_total_flops() / 1e9:.1f}"]
 

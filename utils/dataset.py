@@ -169,7 +169,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"error: split '{args.split}' of {spec.path} has no images", file=sys.stderr)
         return 2
     # the scale jitter a training run of this config on these images would choose, where it says "auto"
-    resolve_recipe(cfg, len(records) // cfg.General.batch_image, cfg.General.batch_image)
+    resolve_recipe(cfg, len(records))
     dataset = build_loader(cfg, records, train=True, batch_size=1, seed=args.seed).dataset
     mean, std = dataset.transform.mean, dataset.transform.std
     tiles = []

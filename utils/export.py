@@ -29,14 +29,10 @@ from torch import nn
 
 from torchvision.ops import nms
 
-from core import box_coder
-from core.anchors import flatten_levels
 from core.cli import add_allow_pickle, run_main
 from core.config import load_config
 from core.engine.tester import load_trained
-from core.task import DetectionTask
-from core.yolo import YoloTask, split_layers
-from core.yolo import decode as yolo_decode
+from core.task import Task
 
 
 class _FlatOutputs(nn.Module):
@@ -56,42 +52,20 @@ class _FlatOutputs(nn.Module):
 class _WithPostprocess(nn.Module):
     """The detector followed by its post-processing, for one ``[1, 3, S, S]`` image:
     ``forward(images) -> (boxes [K, 4] xyxy input pixels, scores [K], labels [K] int64)``.
-    ``task``: the model's ``DetectionTask`` (anchor heads) or ``YoloTask``."""
+    ``task``: the model's task (``core.task.build_task``); its ``export_head`` gives the candidates."""
 
-    def __init__(self, model: nn.Module, task: DetectionTask | YoloTask, image_size: int):
+    def __init__(self, model: nn.Module, task: Task, image_size: int):
         super().__init__()
         self.model = model
-        self.task = task
-        self.yolo = isinstance(task, YoloTask)
-        if self.yolo:
-            positions = sum(a * math.ceil(image_size / s) ** 2 for a, s in zip(task.num_anchors, task.strides))
-        else:
-            self.register_buffer("anchors", task.anchors((image_size, image_size), torch.device("cpu")))
-            positions = self.anchors.shape[0]
-        self.num_classes = task.num_classes
+        self.candidates = task.export_head(image_size)
         self.image_size = image_size
         t = task.test_cfg
-        self.top_n = min(t.top_n, positions * self.num_classes)
         self.min_score, self.nms_thresh, self.max_det = t.min_det_score, t.nms_thresh, t.max_det_per_image
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        outputs = self.model(images)
-        if self.yolo:  # scores sigmoid(obj) * sigmoid(class) per (box, class), box-major
-            layers = split_layers(list(outputs), self.task.num_anchors, self.num_classes)
-            all_boxes, all_scores = yolo_decode(layers, self.task.anchors, self.task.strides)
-            scores, index = all_scores.reshape(-1).topk(self.top_n)
-        else:  # the top logits (sigmoid saturates: ranking the logits keeps ties apart), (anchor, class) anchor-major
-            class_logits, box_deltas = outputs
-            logits, index = flatten_levels(class_logits, self.num_classes).reshape(-1).topk(self.top_n)
-            scores = logits.sigmoid()
+        boxes, scores, labels = self.candidates(self.model(images))
         keep = scores > self.min_score
-        scores, index = scores[keep], index[keep]
-        position = torch.div(index, self.num_classes, rounding_mode="floor")
-        labels = index - position * self.num_classes
-        if self.yolo:
-            boxes = all_boxes[0, position]
-        else:
-            boxes = box_coder.decode(flatten_levels(box_deltas, 4)[0, position], self.anchors[position])
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         boxes = boxes.clamp(0, self.image_size)
         nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         boxes, scores, labels = boxes[nonempty], scores[nonempty], labels[nonempty]
@@ -100,26 +74,23 @@ class _WithPostprocess(nn.Module):
         return boxes[keep], scores[keep], labels[keep]
 
 
-def output_names(model: nn.Module, head_type: str) -> list[str]:
-    """ONNX output names, one per level and output kind."""
-    levels = [f"P{level}" for level in model.levels]
-    if head_type == "yolo":
-        return [f"yolo_{p}" for p in levels]
-    return [f"class_logits_{p}" for p in levels] + [f"box_deltas_{p}" for p in levels]
+def output_names(model: nn.Module, task: Task) -> list[str]:
+    """ONNX output names of the raw network, as the head family names them (one per level and kind)."""
+    return task.output_names(list(model.levels))
 
 
-def export_onnx(model: nn.Module, head_type: str, image_size: int, path: Path, batch: int = 1,
-                postprocess: DetectionTask | YoloTask | None = None) -> list[str]:
-    """Write ``model`` (eval mode) to ``path`` as ONNX for ``[batch, 3, image_size, image_size]``
-    inputs; returns the output names. With ``postprocess`` (the model's task, ``batch`` 1) the
-    graph ends in its detections: ``boxes``, ``scores``, ``labels``."""
+def export_onnx(model: nn.Module, task: Task, image_size: int, path: Path, batch: int = 1,
+                postprocess: bool = False) -> list[str]:
+    """Write ``model`` (eval mode; ``task`` its ``core.task.build_task``) to ``path`` as ONNX for
+    ``[batch, 3, image_size, image_size]`` inputs; returns the output names. With ``postprocess``
+    (``batch`` 1) the graph ends in its detections: ``boxes``, ``scores``, ``labels``."""
     model = model.eval()
-    if postprocess is None:
-        names, graph = output_names(model, head_type), _FlatOutputs(model)
+    if not postprocess:
+        names, graph = output_names(model, task), _FlatOutputs(model)
     elif batch != 1:
         raise ValueError(f"--postprocess exports one image at a time; got --batch {batch}")
     else:
-        names, graph = ["boxes", "scores", "labels"], _WithPostprocess(model, postprocess, image_size)
+        names, graph = ["boxes", "scores", "labels"], _WithPostprocess(model, task, image_size)
     for package in ("onnx", "onnxscript"):
         try:
             __import__(package)
@@ -148,8 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_config(args.config, args.set + (["pretrain.allow_pickle=True"] if args.allow_pickle else []))
     trained = load_trained(cfg, Path(args.weights), torch.device("cpu"))
     out = args.out or Path(args.weights).with_suffix(".onnx")
-    names = export_onnx(trained.model, cfg.head.type, cfg.dataset.image_size, out, args.batch,
-                        trained.task if args.postprocess else None)
+    names = export_onnx(trained.model, trained.task, cfg.dataset.image_size, out, args.batch, args.postprocess)
     print(f"wrote {out}: input images [{args.batch}, 3, {cfg.dataset.image_size}, {cfg.dataset.image_size}], "
           f"outputs {', '.join(names)}")
     return 0

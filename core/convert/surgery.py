@@ -1,45 +1,38 @@
 """Surgery on DetLab detector state dicts: removing the predictors, keeping some classes' channels.
 
-Predictors (the only class-dependent tensors) of each head type:
-
-* ``effdet`` (``symbol/head/effdet_head.py``): ``head.class_net.predict.*`` (separable conv;
-  ``conv_pw`` has ``A * C`` output channels, channel ``a * C + c`` = anchor ``a``, class ``c``) and
-  ``head.box_net.predict.*`` (``A * 4`` channels).
-* ``yolo`` (``symbol/head/yolo_head.py``): ``head.layers.N.predict.{weight,bias}`` per level
-  (``A_N * (5 + C)`` channels, channel ``a * (5 + C) + k``: ``k`` 0-3 box, 4 objectness, ``5 + c`` class ``c``).
+Which tensors are a head's predictors (the only class-dependent tensors), and which of their output
+channels are classes, only the head family knows: its task class (``core.task.task_class``) answers
+``predictor_names`` and ``class_predictors``. A predictor's output channels are ``A * per_anchor``:
+for every anchor, ``fixed`` leading channels (YOLO's box and objectness) and then one per class.
 """
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
 
 from core.convert.common import Conversion, ConversionError
-
-EFFDET_PREDICTORS = ("head.class_net.predict.", "head.box_net.predict.")
-_YOLO_PREDICT = re.compile(r"^head\.layers\.(\d+)\.predict\.(weight|bias)$")
+from core.task import head_type_of, task_class
 
 
 def head_type(state: dict[str, torch.Tensor], config: dict[str, Any] | None = None) -> str:
-    """``effdet`` or ``yolo``: from a checkpoint's saved config when given, else from the names."""
-    if config and isinstance(config.get("head"), dict) and config["head"].get("type"):
-        return str(config["head"]["type"])
-    if any(k.startswith("head.class_net.") for k in state):
-        return "effdet"
-    if any(_YOLO_PREDICT.match(k) for k in state):
-        return "yolo"
-    raise ConversionError("no DetLab detection head in this state dict (neither head.class_net.* nor "
-                          "head.layers.N.predict.*); is it a DetLab detector? (--from converts other layouts)")
+    """The ``head.type`` of ``state``: from a checkpoint's saved config when given, else from the names."""
+    try:
+        return head_type_of(state, config)
+    except ValueError as err:
+        raise ConversionError(str(err)) from None
+
+
+def _family(kind: str) -> Any:
+    try:
+        return task_class(kind)
+    except ValueError as err:
+        raise ConversionError(str(err)) from None
 
 
 def predictor_names(state: dict[str, torch.Tensor], kind: str) -> list[str]:
     """Names of the class and box predictors of head ``kind`` in ``state``."""
-    if kind == "effdet":
-        return [k for k in state if k.startswith(EFFDET_PREDICTORS)]
-    if kind == "yolo":
-        return [k for k in state if _YOLO_PREDICT.match(k)]
-    raise ConversionError(f"unknown head type '{kind}'; known: effdet, yolo")
+    return _family(kind).predictor_names(state)
 
 
 def strip_head(state: dict[str, torch.Tensor], kind: str) -> Conversion:
@@ -80,15 +73,7 @@ def keep_classes(state: dict[str, torch.Tensor], class_names: list[str], keep: l
     num_classes = len(class_names)
     out = dict(state)
     notes: list[str] = []
-    if kind == "effdet":
-        # the predictor's output conv: conv_pw of the separable conv, or the plain conv (head.separable=False)
-        targets = [k for k in state if re.fullmatch(r"head\.class_net\.predict\.(conv_pw\.)?(weight|bias)", k)]
-        per_anchor, fixed = num_classes, 0
-    elif kind == "yolo":
-        targets = [k for k in state if _YOLO_PREDICT.match(k)]
-        per_anchor, fixed = 5 + num_classes, 5
-    else:
-        raise ConversionError(f"unknown head type '{kind}'; known: effdet, yolo")
+    targets, per_anchor, fixed = _family(kind).class_predictors(state, num_classes)
     if not targets:
         raise ConversionError(f"no {kind} class predictor in this state dict (stripped?); --keep-classes needs one")
     for name in targets:

@@ -15,7 +15,7 @@ from core.data.loader import start_workers
 from core.engine.runtime import autocast
 from core.evaluation import EvalResult, evaluate, to_coco_results
 from core.postprocess import Detections, detections_to_cpu
-from core.task import DetectionTask
+from core.task import Task
 from symbol.fold_bn import fold_batchnorm
 from symbol.head.effdet_head import split_level_norms
 from symbol.squeeze_excite import replace_excite_convs
@@ -62,7 +62,7 @@ def compile_for_inference(network: nn.Module, device: torch.device) -> nn.Module
 
 
 @torch.no_grad()
-def predict_batches(model: nn.Module, task: DetectionTask, batches: Iterable[tuple[torch.Tensor, list[dict]]],
+def predict_batches(model: nn.Module, task: Task, batches: Iterable[tuple[torch.Tensor, list[dict]]],
                     device: torch.device, precision: str = "fp32",
                     progress: bool = False) -> dict[int, Detections]:
     """Detections per ``image_id``, boxes xyxy in *original* image pixels.

@@ -1,9 +1,14 @@
 """The automatic fine-tuning recipe: values for the recipe fields a config leaves at ``"auto"``.
 
-``config/base.py`` declares ``optimizer.type``, ``optimizer.lr``, ``General.bn_momentum``,
-``schedule.warmup_epochs`` and ``dataset.scale_min`` / ``scale_max`` as ``"auto"``. A value an
-experiment module or ``--set`` gives wins. For the rest the trainer calls :func:`resolve_recipe`
-when a run first starts, from the run's length in optimizer steps:
+``config/base.py`` declares ``General.batch_image``, ``optimizer.type``, ``optimizer.lr``,
+``General.bn_momentum``, ``schedule.warmup_epochs`` and ``dataset.scale_min`` / ``scale_max`` as
+``"auto"``. A value an experiment module or ``--set`` gives wins. For the rest the trainer calls
+:func:`resolve_recipe` when a run first starts, from the training set's size and the run's length:
+
+* **batch**: 8 images per process, halved down to 4 while an epoch would have fewer than 16 optimizer
+  steps. A few dozen photos at 8 give 4 steps an epoch; at 4 the same pass over the data makes twice
+  the updates for about the same compute, and a fine-tune of a few hundred steps is short of updates,
+  not of images per update. Larger datasets keep EfficientDet's 8.
 
 * **optimizer**: AdamW at lr 1e-3 (at any batch) for runs of up to 10 000 steps, SGD at lr 0.01 per
   16 images for longer ones. Ultralytics' ``optimizer=auto`` makes the same cut: a short run on a
@@ -28,6 +33,7 @@ from typing import Any
 from core.config import Config, is_auto
 
 LONG_RUN_STEPS = 10_000  # above this, SGD (as ultralytics' optimizer=auto)
+BATCH, SMALL_BATCH, MIN_EPOCH_STEPS = 8, 4, 16  # auto batch: 8 per process, down to 4 below 16 steps an epoch
 
 
 @dataclass(frozen=True)
@@ -45,21 +51,30 @@ class Choice:
 
 def auto_fields(cfg: Config) -> list[tuple[str, str]]:
     """The ``(section, field)`` pairs of ``cfg`` that still say ``"auto"``, in the order they are resolved."""
-    order = [("optimizer", "type"), ("optimizer", "lr"), ("General", "bn_momentum"), ("schedule", "warmup_epochs"),
-             ("dataset", "scale_min"), ("dataset", "scale_max")]
+    order = [("General", "batch_image"), ("optimizer", "type"), ("optimizer", "lr"), ("General", "bn_momentum"),
+             ("schedule", "warmup_epochs"), ("dataset", "scale_min"), ("dataset", "scale_max")]
     return [(s, f) for s, f in order if is_auto(getattr(getattr(cfg, s), f))]
 
 
-def resolve_recipe(cfg: Config, steps_per_epoch: int, total_batch: int,
+def auto_batch(train_images: int, world_size: int = 1, accumulate: int = 1) -> int:
+    """Images per process for ``General.batch_image = "auto"``: :data:`BATCH`, halved down to
+    :data:`SMALL_BATCH` while an epoch of ``train_images`` would have fewer than :data:`MIN_EPOCH_STEPS`
+    optimizer steps (``world_size`` processes, ``accumulate`` passes a step)."""
+    batch = BATCH
+    while batch > SMALL_BATCH and train_images // (batch * world_size * accumulate) < MIN_EPOCH_STEPS:
+        batch //= 2
+    return batch
+
+
+def resolve_recipe(cfg: Config, train_images: int, world_size: int = 1,
                    first_start: dict[str, dict[str, Any]] | None = None) -> list[Choice]:
     """Set every ``"auto"`` recipe field of ``cfg`` in place and return what was chosen and why.
 
-    ``steps_per_epoch`` and ``total_batch`` (images per optimizer step, all processes) describe the run;
-    ``first_start`` is the config (``Config.to_dict()``) the run's first start saved: a resumed run
-    reuses its values. Fields already given a value are left alone and not listed.
+    ``train_images`` (the training set's size) and ``world_size`` (processes) describe the run; the
+    batch is chosen first, then the rest from the run's optimizer steps. ``first_start`` is the
+    config (``Config.to_dict()``) the run's first start saved: a resumed run reuses its values.
+    Fields already given a value are left alone and not listed.
     """
-    steps = max(1, cfg.schedule.end_epoch * steps_per_epoch)
-    run = f"{steps} steps of {total_batch} images"
     choices: list[Choice] = []
 
     def choose(section: str, field: str, value: Any, reason: str) -> None:
@@ -69,7 +84,21 @@ def resolve_recipe(cfg: Config, steps_per_epoch: int, total_batch: int,
         setattr(getattr(cfg, section), field, value)
         choices.append(Choice(section, field, value, reason))
 
+    g = cfg.General
+    if is_auto(g.batch_image):
+        batch = auto_batch(train_images, world_size, g.accumulate)
+        epoch_steps = train_images // (batch * world_size * g.accumulate)
+        choose("General", "batch_image", batch,
+               f"auto: {train_images} training images give {epoch_steps} steps an epoch at {batch} per process"
+               + ("" if batch == BATCH else f"; below {MIN_EPOCH_STEPS} steps at {BATCH} the batch is halved, "
+                                            f"down to {SMALL_BATCH}, for more updates per pass over the data"))
+    total_batch = g.batch_image * g.accumulate * world_size  # images per optimizer step, all processes
+    steps_per_epoch = train_images // total_batch
+    steps = max(1, cfg.schedule.end_epoch * steps_per_epoch)
+    run = f"{steps} steps of {total_batch} images"
     for section, field in auto_fields(cfg):
+        if (section, field) == ("General", "batch_image"):
+            continue
         if (section, field) == ("optimizer", "type"):
             long_run = steps > LONG_RUN_STEPS
             given_lr = "" if is_auto(cfg.optimizer.lr) else (

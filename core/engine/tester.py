@@ -14,7 +14,7 @@ from core.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, l
 from core.config import Config
 from core.engine.inference import inference_model
 from core.engine.runtime import run_dir
-from core.task import DetectionTask, build_task
+from core.task import Task, build_task
 from symbol.builder import build_detector
 
 
@@ -23,7 +23,7 @@ class TrainedModel:
     """A network with trained weights and what it was trained on."""
 
     model: nn.Module
-    task: DetectionTask
+    task: Task
     class_names: list[str]
     category_ids: list[int]
     source: Path

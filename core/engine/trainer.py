@@ -16,7 +16,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm import tqdm
 
-from core.anchor_fit import check_anchors
+from core.anchor_check import check_anchors
 from core.checkpoint import (CheckpointError, PickleRequiredError, checkpoint_path, list_checkpoints,
                              load_checkpoint, load_latest, save_checkpoint)
 from core.config import Config, ConfigError
@@ -103,10 +103,10 @@ class Trainer:
         for note in notes:
             self._print(note)
         train_records = checked["train"]
-        total_batch = g.batch_image * g.accumulate * self.dist.world_size  # images per optimizer step
-        # recipe fields left at "auto": chosen now from the run's length, or as the run's first start chose
+        # recipe fields left at "auto": chosen now from the data and the run's length, or as its first start chose
         first_start = read_saved_config(self.out) if resume else None
-        self.recipe = resolve_recipe(cfg, len(train_records) // total_batch, total_batch, first_start)
+        self.recipe = resolve_recipe(cfg, len(train_records), self.dist.world_size, first_start)
+        total_batch = g.batch_image * g.accumulate * self.dist.world_size  # images per optimizer step
         for note in ([mult_note] if mult_note else []) + [f"recipe: {choice}" for choice in self.recipe]:
             self._print(note)
         self.val_records = checked.get("val", [])

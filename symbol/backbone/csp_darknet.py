@@ -17,10 +17,14 @@ and the repeats by 0.33 (rounded, at least 1; a single block stays single).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any
 
 import torch
 from torch import nn
+
+from symbol.layers import ConvBnAct, yolo_batch_norm
+from symbol.registry import BACKBONES
+
 
 # (stem width, [(stage width, block repeats)]) of the unscaled network; stage i has stride 2**(i + 1).
 CSP_DARKNET53 = (32, [(64, 1), (128, 2), (256, 8), (512, 8), (1024, 4)])
@@ -35,25 +39,6 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 def scale_depth(repeats: int, depth_multiple: float) -> int:
     """Repeats after depth scaling: ``round(n * d)``, at least 1; a single block is never scaled."""
     return max(round(repeats * depth_multiple), 1) if repeats > 1 else repeats
-
-
-def yolo_batch_norm(channels: int) -> nn.BatchNorm2d:
-    """BatchNorm with the YOLOv4/v5 settings (eps 1e-3, momentum 0.03)."""
-    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.03)
-
-
-class ConvBnAct(nn.Module):
-    """k x k conv (no bias, padding ``k // 2``) + BN + activation: ``[B, C_in, H, W] -> [B, C_out, H/s, W/s]``."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1,
-                 act: Callable[[], nn.Module] = nn.Mish):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False)
-        self.bn = yolo_batch_norm(out_channels)
-        self.act = act()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
 
 
 class Bottleneck(nn.Module):
@@ -162,3 +147,14 @@ class CSPDarknet(nn.Module):
         for level, stage in enumerate(self.layers, start=1):
             rows += [(f"stage{level}.down", stage.down), (f"stage{level}.block", stage.block)]
         return rows
+
+
+@BACKBONES.register("csp_darknet")
+def build_csp_darknet(b: Any) -> CSPDarknet:
+    """YOLOv4's CSP-Darknet from the ``backbone`` section (``name``, ``out_levels``, ``depth_multiple``,
+    ``width_multiple``); it has no stochastic depth and no head conv."""
+    if b.drop_path_rate:
+        raise ValueError("backbone.drop_path_rate: csp_darknet has no stochastic depth; set it to 0.0")
+    if b.head_conv:
+        raise ValueError("backbone.head_conv is for timm backbones; set it to 0 with csp_darknet")
+    return CSPDarknet(b.name, b.out_levels, b.depth_multiple, b.width_multiple)

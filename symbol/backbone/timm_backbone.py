@@ -1,9 +1,20 @@
-"""Backbones from timm with ``features_only``: any timm model becomes a pyramid feature extractor."""
+"""Backbones from timm with ``features_only``: any timm model becomes a pyramid feature extractor.
+
+``TimmBackboneHeadConv`` adds EfficientNet's 1x1 "head conv" on the coarsest output. timm's
+``features_only`` EfficientNet stops after the last MBConv stage (320 channels for B0); the
+classifier network then has a 1x1 conv + BN + swish to ``1280 x width`` channels (``conv_head``). The YOLOv4-EfficientNet experiments (seed 000, row 8 of each table: ``CBS
+[320, 1280, 1, 1]`` for B0) keep that conv and feed its output to SPPCSP.
+"""
 from __future__ import annotations
 
-import timm
+from typing import Any
+
 import torch
 from torch import nn
+import timm
+
+from symbol.layers import ConvBnAct
+from symbol.registry import BACKBONES
 
 
 class TimmBackbone(nn.Module):
@@ -40,3 +51,31 @@ class TimmBackbone(nn.Module):
             stem = nn.ModuleList([body.conv_stem, body.bn1])
             return [("stem", stem)] + [(f"blocks.{i}", b) for i, b in enumerate(body.blocks)]
         return [(name, module) for name, module in body.named_children()]
+
+
+class TimmBackboneHeadConv(TimmBackbone):
+    """:class:`TimmBackbone` whose coarsest map goes through a 1x1 conv + BN + SiLU to
+    ``head_channels``: ``forward(images [B, 3, H, W]) -> list`` of maps at ``out_levels``, finest
+    first; the last one has ``head_channels`` channels (``channels[-1] == head_channels``)."""
+
+    def __init__(self, name: str, out_levels: list[int], head_channels: int, drop_path_rate: float = 0.0):
+        super().__init__(name, out_levels, drop_path_rate=drop_path_rate)
+        self.head_conv = ConvBnAct(self.channels[-1], head_channels, 1, act=nn.SiLU)
+        self.channels = self.channels[:-1] + [head_channels]
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        features = super().forward(images)
+        return features[:-1] + [self.head_conv(features[-1])]
+
+    def stages(self) -> list[tuple[str, nn.Module]]:
+        """The timm rows (stem, stages), then ``head_conv``."""
+        return super().stages() + [("head_conv", self.head_conv)]
+
+
+@BACKBONES.register("timm")
+def build_timm(b: Any) -> TimmBackbone:
+    """A timm model as a feature pyramid from the ``backbone`` section (``name``, ``out_levels``,
+    ``drop_path_rate``); ``head_conv > 0`` adds EfficientNet's 1x1 head conv on the coarsest map."""
+    if b.head_conv:
+        return TimmBackboneHeadConv(b.name, b.out_levels, b.head_conv, drop_path_rate=b.drop_path_rate)
+    return TimmBackbone(b.name, b.out_levels, drop_path_rate=b.drop_path_rate)

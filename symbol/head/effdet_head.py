@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import torch
 from torch import nn
 from timm.layers import create_conv2d
 
-from symbol.head.level_canvas import LevelCanvas
 from symbol.fold_bn import batchnorm_affine, fold_into_conv
+from symbol.head.level_canvas import LevelCanvas
 from symbol.layers import SeparableConv, activation, batch_norm
+from symbol.registry import HEADS
 from symbol.swap import swap_modules
 
 
@@ -151,3 +153,17 @@ class EfficientDetHead(nn.Module):
 
     def stages(self) -> list[tuple[str, nn.Module]]:
         return [("class_net", self.class_net), ("box_net", self.box_net)]
+
+
+@HEADS.register("effdet")
+def build_effdet_head(cfg: Any, in_channels: list[int], levels: list[int], num_classes: int) -> EfficientDetHead:
+    """Class and box subnets shared over ``levels``, from the ``head`` section (``repeats``,
+    ``separable``, ``activation``) with ``anchors.num_scales x len(anchors.aspect_ratios)`` anchors
+    per place and the neck's ``padding``. The subnets are shared, so every level needs one width."""
+    h, a = cfg.head, cfg.anchors
+    if len(set(in_channels)) != 1:
+        raise ValueError(f"head.type 'effdet' shares its subnets over levels and needs equal widths; "
+                         f"neck '{cfg.neck.type}' gives {in_channels}")
+    num_anchors = a.num_scales * len(a.aspect_ratios)
+    return EfficientDetHead(in_channels[0], h.repeats, len(levels), num_anchors, num_classes, cfg.neck.padding,
+                            separable=h.separable, act=h.activation)

@@ -8,11 +8,14 @@ the loss live in ``core.yolo``; the head knows only how many anchors each level 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
-from symbol.backbone.csp_darknet import ConvBnAct
+from symbol.layers import ConvBnAct
+from symbol.registry import HEADS
+
 
 PRIOR_IMAGE_SIZE = 640       # objectness prior: about PRIOR_OBJECTS objects per 640 x 640 image
 PRIOR_OBJECTS = 8
@@ -56,3 +59,15 @@ class YoloHead(nn.Module):
 
     def stages(self) -> list[tuple[str, nn.Module]]:
         return [(f"yolo.p{lv}", layer) for lv, layer in zip(self.levels, self.layers)]
+
+
+@HEADS.register("yolo")
+def build_yolo_head(cfg: Any, in_channels: list[int], levels: list[int], num_classes: int) -> YoloHead:
+    """One YOLO layer per level with the anchors of ``anchors.yolo`` (one row of (w, h) pairs per level)."""
+    a = cfg.anchors
+    if len(a.yolo) != len(levels):
+        raise ValueError(f"anchors.yolo has {len(a.yolo)} rows for {len(levels)} output levels "
+                         f"P{levels[0]}-P{levels[-1]}: give one row of (w, h) pairs per level")
+    if any(len(row) < 2 or len(row) % 2 for row in a.yolo):
+        raise ValueError(f"anchors.yolo rows must hold (w, h) pairs, got {a.yolo}")
+    return YoloHead(in_channels, levels, [len(row) // 2 for row in a.yolo], num_classes)

@@ -10,12 +10,16 @@ a separable 3x3 conv + BN. Node wiring follows google/automl's ``bifpn`` config.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from timm.layers import create_pool2d
 
 from symbol.layers import ConvBn, SeparableConv, activation
+from symbol.registry import NECKS
+
 
 FUSIONS = ("fast", "softmax", "sum")
 
@@ -130,6 +134,7 @@ class BiFPN(nn.Module):
             raise ValueError(f"BiFPN needs consecutive backbone levels starting at min_level={min_level}, got {in_levels}")
         self.channels = channels
         self.levels = list(range(min_level, max_level + 1))
+        self.out_channels = [channels] * len(self.levels)
         self.extra = nn.ModuleList()
         level_channels = list(in_channels)
         for _ in range(in_levels[-1] + 1, max_level + 1):
@@ -153,3 +158,11 @@ class BiFPN(nn.Module):
         """Named rows for the model summary: the extra-level resampling, then each cell."""
         rows = [("extra_levels", self.extra)] if len(self.extra) else []
         return rows + [(f"cells.{i}", c) for i, c in enumerate(self.cells)]
+
+
+@NECKS.register("bifpn")
+def build_bifpn(n: Any, in_channels: list[int], in_levels: list[int]) -> BiFPN:
+    """EfficientDet's BiFPN from the ``neck`` section (``channels``, ``repeats``, levels, ``padding``,
+    ``fusion``, ``activation``)."""
+    return BiFPN(in_channels, in_levels, n.channels, n.repeats, n.min_level, n.max_level, n.padding, n.fusion,
+                 n.activation)

@@ -9,10 +9,14 @@ ReLU of the previous (P7 = conv(ReLU(P6))). All convs have a bias and no normali
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from timm.layers import create_conv2d
+
+from symbol.registry import NECKS
 
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: str) -> nn.Module:
@@ -43,6 +47,7 @@ class FPN(nn.Module):
             raise ValueError(f"FPN extra_input must be 'input' or 'output', got '{extra_input}'")
         self.channels = channels
         self.levels = list(range(min_level, max_level + 1))
+        self.out_channels = [channels] * len(self.levels)
         self.extra_input = extra_input
         self.lateral = nn.ModuleList(_conv(c, channels, 1, 1, padding) for c in in_channels)
         self.output = nn.ModuleList(_conv(channels, channels, 3, 1, padding) for _ in in_channels)
@@ -66,3 +71,9 @@ class FPN(nn.Module):
         """Named rows for the model summary: lateral 1x1 convs, 3x3 output convs, extra levels."""
         rows = [("lateral", self.lateral), ("output", self.output)]
         return rows + ([("extra_levels", self.extra)] if len(self.extra) else [])
+
+
+@NECKS.register("fpn")
+def build_fpn(n: Any, in_channels: list[int], in_levels: list[int]) -> FPN:
+    """RetinaNet's FPN from the ``neck`` section (``channels``, levels, ``padding``)."""
+    return FPN(in_channels, in_levels, n.channels, n.min_level, n.max_level, n.padding)

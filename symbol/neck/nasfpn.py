@@ -13,13 +13,14 @@ blocks (levels 3, 4, 5, 7, 6) are the cell's outputs.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from symbol.layers import ConvBn
+from symbol.registry import NECKS
 
 
 class BlockSpec(NamedTuple):
@@ -150,6 +151,7 @@ class NASFPN(nn.Module):
             raise ValueError(f"NAS-FPN needs neck.repeats >= 1, got {repeats}")
         self.channels = channels
         self.levels = list(range(min_level, max_level + 1))
+        self.out_channels = [channels] * len(self.levels)
         self.inputs = nn.ModuleList(ConvBn(c, channels, 1, padding=padding) if c != channels else nn.Identity()
                                     for c in in_channels)
         self.num_extra = max_level - in_levels[-1]
@@ -166,3 +168,9 @@ class NASFPN(nn.Module):
     def stages(self) -> list[tuple[str, nn.Module]]:
         """Named rows for the model summary: the input 1x1 projections, then each cell."""
         return [("inputs", self.inputs)] + [(f"cells.{i}", c) for i, c in enumerate(self.cells)]
+
+
+@NECKS.register("nasfpn")
+def build_nasfpn(n: Any, in_channels: list[int], in_levels: list[int]) -> NASFPN:
+    """NAS-FPN cells from the ``neck`` section (``channels``, ``repeats``, levels, ``padding``)."""
+    return NASFPN(in_channels, in_levels, n.channels, n.repeats, n.min_level, n.max_level, n.padding)

@@ -15,11 +15,15 @@ with a 3x3 conv as PyTorch_YOLOv4's ``yolov4l-mish.yaml`` does before ``Detect``
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from symbol.backbone.csp_darknet import Bottleneck, ConvBnAct, yolo_batch_norm
+from symbol.backbone.csp_darknet import Bottleneck
+from symbol.layers import ConvBnAct, yolo_batch_norm
+from symbol.registry import NECKS
 
 
 class BottleneckCSP2(nn.Module):
@@ -114,6 +118,7 @@ class YoloPAN(nn.Module):
         if channels % 2**top:
             raise ValueError(f"neck.pan_channels={channels} must be divisible by 2**{top} ({len(self.levels)} levels)")
         self.channels: list[int] = [channels >> (top - i) for i in range(len(self.levels))]
+        self.out_channels = self.channels
 
         level_channels = list(in_channels)
         self.extra = nn.ModuleList()
@@ -150,3 +155,9 @@ class YoloPAN(nn.Module):
         rows += [(f"top_down.p{self.levels[i]}", b) for b, i in zip(self.top_down, range(top - 1, -1, -1))]
         rows += [(f"bottom_up.p{self.levels[i]}", b) for b, i in zip(self.bottom_up, range(1, top + 1))]
         return rows
+
+
+@NECKS.register("yolo_pan")
+def build_yolo_pan(n: Any, in_channels: list[int], in_levels: list[int]) -> YoloPAN:
+    """YOLOv4's SPPCSP + PAN from the ``neck`` section (``pan_channels``, ``pan_repeats``, levels)."""
+    return YoloPAN(in_channels, in_levels, n.pan_channels, n.pan_repeats, n.min_level, n.max_level)
