@@ -185,9 +185,9 @@ def compare_tiled(args: argparse.Namespace, cfg: Config, trained: TrainedModel, 
     from core.engine.inference import coco_results
     from core.engine.tester import write_json
     from core.evaluation import evaluate
-    from core.predictor import Detector
+    from core.predictor import Predictor
 
-    det = Detector(trained.model, cfg, trained.class_names, trained.category_ids, device, task=trained.task,
+    det = Predictor(trained.model, cfg, trained.class_names, trained.category_ids, device, task=trained.task,
                    source=str(trained.source))
     det.wbf_iou = args.wbf_iou
     plan = args.tiling
@@ -225,9 +225,9 @@ def compare_tta_ensemble(args: argparse.Namespace, cfg: Config, trained: Trained
     from core.engine.tester import write_json
     from core.ensemble import TTAPlan, fuse_per_image
     from core.evaluation import evaluate
-    from core.predictor import Detector
+    from core.predictor import Predictor
 
-    main_det = Detector(trained.model, cfg, trained.class_names, trained.category_ids, device, task=trained.task,
+    main_det = Predictor(trained.model, cfg, trained.class_names, trained.category_ids, device, task=trained.task,
                         source=str(trained.source))
     main_det.wbf_iou = args.wbf_iou
     plan = TTAPlan.parse(args.tta) if args.tta else None
@@ -246,7 +246,7 @@ def compare_tta_ensemble(args: argparse.Namespace, cfg: Config, trained: Trained
         runs = [own]
         for item in args.ensemble:
             weights, _, config = item.partition("@")
-            member = Detector.from_checkpoint(weights, config or None, device,
+            member = Predictor.from_checkpoint(weights, config or None, device,
                                               allow_pickle=cfg.pretrain.allow_pickle)
             if member.class_names != trained.class_names:
                 raise CheckpointError(f"--ensemble {weights}: classes {member.class_names} differ from "

@@ -1,9 +1,9 @@
-"""Inference on pictures with a trained checkpoint: ``Detector.from_checkpoint(path).predict(image)``.
+"""Inference on pictures with a trained checkpoint: ``Predictor.from_checkpoint(path).predict(image)``.
 
 A checkpoint written by ``detection_train.py`` carries its resolved config (``state["config"]``,
 a dict of sections) and its class names, so no config file is needed::
 
-    det = Detector.from_checkpoint("runs/demo/epoch_0010.pt")
+    det = Predictor.from_checkpoint("runs/demo/epoch_0010.pt")
     pred = det.predict("street.jpg")          # path, PIL image or HxWx3 uint8 array
     pred.boxes, pred.scores, pred.names       # xyxy in pixels of the picture as given
 
@@ -85,7 +85,7 @@ def to_pil(image: ImageInput) -> Image.Image:
     return open_image(path)
 
 
-class Detector:
+class Predictor:
     """A trained network ready for inference (eval mode, on ``device``).
 
     ``cfg`` supplies the input size, normalisation and post-processing (``test`` section);
@@ -107,7 +107,7 @@ class Detector:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, config: str | os.PathLike | Config | None = None,
                         device: str | torch.device = "auto", overrides: Iterable[str] = (),
-                        allow_pickle: bool = False) -> "Detector":
+                        allow_pickle: bool = False) -> "Predictor":
         """Load a checkpoint (EMA weights when saved). ``config``: None to use the config embedded in
         the checkpoint, else a config module path or a :class:`Config`; ``overrides``
         (``Section.field=value``) are applied to it (e.g. ``test.min_det_score=0.3``).

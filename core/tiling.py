@@ -4,7 +4,7 @@ A picture is cut into overlapping ``size`` x ``size`` windows of its own (origin
 each side the windows start every ``round(size * (1 - overlap))`` pixels and the last one is moved
 back to end at the border; a side no longer than ``size`` is one window, so a picture smaller than
 a tile is one tile, the whole picture. Each window is predicted as a picture of its own
-(``core.predictor.Detector.detect_pictures``, batched), its boxes are moved back by the window's
+(``core.predictor.Predictor.detect_pictures``, batched), its boxes are moved back by the window's
 corner into the picture's pixels, and the detections of all windows (and, with ``full``, of the
 untiled picture) are merged: class-wise greedy NMS (``core.nms.class_nms``) at ``iou``
 (default ``test.nms_thresh``), or weighted boxes fusion (``core.ensemble.weighted_boxes_fusion``,

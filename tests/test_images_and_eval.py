@@ -128,7 +128,7 @@ def test_predict_reads_and_draws_photos_the_right_way_up(tmp_path: Path, monkeyp
                 out.append(predictor.Prediction(box, np.array([0.9], np.float32), np.array([0]), ["thing"]))
             return out
 
-    monkeypatch.setattr(predictor.Detector, "from_checkpoint", classmethod(lambda cls, *a, **k: FakeDetector()))
+    monkeypatch.setattr(predictor.Predictor, "from_checkpoint", classmethod(lambda cls, *a, **k: FakeDetector()))
     out_json, vis = tmp_path / "pred.json", tmp_path / "vis"
     assert predict_main([*map(str, paths), "--weights", "fake.pt", "--out", str(out_json), "--vis", str(vis)]) == 0
     rows = json.loads(out_json.read_text())

@@ -14,7 +14,7 @@ from PIL import Image
 
 from core.config import load_config
 from core.ensemble import TTAPlan, flip_inputs, weighted_boxes_fusion
-from core.predictor import Detector
+from core.predictor import Predictor
 from core.engine.trainer import Trainer
 from conftest import synthetic_shapes_yaml
 
@@ -119,7 +119,7 @@ def test_training_writes_tensorboard_next_to_the_log(trained: dict) -> None:
 
 
 def test_from_checkpoint_needs_no_config_file(trained: dict) -> None:
-    det = Detector.from_checkpoint(trained["ckpt2"], device="cpu")
+    det = Predictor.from_checkpoint(trained["ckpt2"], device="cpu")
     assert "embedded config" in det.cfg.source
     assert det.cfg.dataset.image_size == 128 and det.cfg.anchors.scale == 2.0
     assert det.class_names == ["circle", "square", "triangle", "cross"] and det.category_ids == [1, 2, 3, 4]
@@ -127,7 +127,7 @@ def test_from_checkpoint_needs_no_config_file(trained: dict) -> None:
 
 
 def test_predict_returns_original_pixels(trained: dict) -> None:
-    det = Detector.from_checkpoint(trained["ckpt2"], device="cpu")
+    det = Predictor.from_checkpoint(trained["ckpt2"], device="cpu")
     picture = Image.open(trained["val"][0]).convert("RGB")
     wide = picture.resize((256, 160), Image.BILINEAR)          # non-square, twice the input size
     half = wide.resize((128, 80), Image.BILINEAR)               # what the network sees of `wide`
@@ -150,7 +150,7 @@ def test_predict_returns_original_pixels(trained: dict) -> None:
 
 
 def test_flip_pass_equals_mirrored_picture(trained: dict) -> None:
-    det = Detector.from_checkpoint(trained["ckpt2"], device="cpu")
+    det = Predictor.from_checkpoint(trained["ckpt2"], device="cpu")
     tall = Image.open(trained["val"][1]).convert("RGB").resize((80, 128), Image.BILINEAR)  # padded on the right
     mirrored = tall.transpose(Image.FLIP_LEFT_RIGHT)
     tf = det.transform()

@@ -249,7 +249,7 @@ def test_opt_in_reads_pickled_files_with_a_warning(tmp_path: Path, model: nn.Mod
 
 
 def test_predict_opt_in(tmp_path: Path, tiny_data: Path, capsys) -> None:
-    """utils.predict --allow-pickle (and Detector.from_checkpoint(allow_pickle=True))."""
+    """utils.predict --allow-pickle (and Predictor.from_checkpoint(allow_pickle=True))."""
     from symbol.builder import build_detector
     from utils import predict
 

@@ -19,7 +19,7 @@ from core.data.dataset import DetectionDataset
 from core.data.records import ImageRecord
 from core.data.transforms import build_transform
 from core.postprocess import Detections
-from core.predictor import Detector
+from core.predictor import Predictor
 from core.tiling import TilePlan, merge_detections, tile_starts, tile_windows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +32,7 @@ class BrightBlobs:
     """A stand-in for a trained task: every 8-connected blob of pixels whose red and green are above
     the middle grey (white or yellow, in the normalised input) is one detection of class 0, its box
     the blob's bounding box in input pixels, its score 0.3 + 0.6 x min(1, its area / 256 px)
-    (whole 16 px squares 0.9, pieces of them less). Whatever the Detector does around it (resize,
+    (whole 16 px squares 0.9, pieces of them less). Whatever the Predictor does around it (resize,
     padding, batching, rescaling, tiling) is real."""
 
     def detect(self, outputs: torch.Tensor, images: torch.Tensor) -> list[Detections]:
@@ -59,9 +59,9 @@ class BrightBlobs:
         return out
 
 
-def fake_detector(image_size: int = 64) -> Detector:
+def fake_detector(image_size: int = 64) -> Predictor:
     cfg = load_config(ROOT / "config/demo.py", [f"dataset.image_size={image_size}", "test.batch_image=16"])
-    return Detector(nn.Identity(), cfg, ["blob"], [1], torch.device("cpu"), task=BrightBlobs(), source="fake")
+    return Predictor(nn.Identity(), cfg, ["blob"], [1], torch.device("cpu"), task=BrightBlobs(), source="fake")
 
 
 def squares_picture(width: int, height: int, boxes: list[list[int]]) -> Image.Image:
@@ -301,7 +301,7 @@ def test_predict_takes_folders_globs_and_videos(tmp_path: Path, monkeypatch: pyt
         ["a.png", "b.jpg", "clip.mp4", "c.png"]
 
     fake = fake_detector(64)
-    monkeypatch.setattr(Detector, "from_checkpoint", classmethod(lambda cls, *a, **k: fake))
+    monkeypatch.setattr(Predictor, "from_checkpoint", classmethod(lambda cls, *a, **k: fake))
     out = tmp_path / "out"
     code = predict.main(["--weights", "unused.pt", str(folder), str(other / "*.png"), "--out", str(out / "p.json"),
                          "--log-every", "2", "--batch", "3", "--vis-score", "0.5"])
@@ -342,7 +342,7 @@ def test_predict_takes_folders_globs_and_videos(tmp_path: Path, monkeypatch: pyt
     # a second run refuses to replace any of the first one's outputs, before the model loads
     before = {p: p.stat().st_mtime_ns for p in out.iterdir()}
     assert sorted(p.name for p in before) == ["clip.jsonl", "clip_detections.mp4", "p.json"]
-    monkeypatch.setattr(Detector, "from_checkpoint", classmethod(lambda cls, *a, **k: pytest.fail("model loaded")))
+    monkeypatch.setattr(Predictor, "from_checkpoint", classmethod(lambda cls, *a, **k: pytest.fail("model loaded")))
     for name in ("p.json", "clip.jsonl", "clip_detections.mp4"):
         keep = {p: (tmp_path / f"kept_{p.name}") for p in before if p.name != name}
         for p, kept in keep.items():
@@ -352,7 +352,7 @@ def test_predict_takes_folders_globs_and_videos(tmp_path: Path, monkeypatch: pyt
         for p, kept in keep.items():
             kept.rename(p)
     assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == before
-    monkeypatch.setattr(Detector, "from_checkpoint", classmethod(lambda cls, *a, **k: fake))
+    monkeypatch.setattr(Predictor, "from_checkpoint", classmethod(lambda cls, *a, **k: fake))
     assert predict.main(["--weights", "unused.pt", str(folder), "--out", str(out / "p.json"), "--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["clip.jsonl", "clip_detections.mp4", "p.json"]  # no temp left
     assert len((out / "clip.jsonl").read_text().splitlines()) == 10
@@ -371,7 +371,7 @@ def test_predict_cli_tiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
     squares_picture(300, 200, SQUARES).save(tmp_path / "big.png")
     fake = fake_detector(64)
-    monkeypatch.setattr(Detector, "from_checkpoint", classmethod(lambda cls, *a, **k: fake))
+    monkeypatch.setattr(Predictor, "from_checkpoint", classmethod(lambda cls, *a, **k: fake))
     out = tmp_path / "p.json"
     assert predict.main(["--weights", "unused.pt", str(tmp_path / "big.png"), "--out", str(out), "--tile", "64",
                          "--overlap", "0.5", "--min-score", "0.85"]) == 0
@@ -445,7 +445,7 @@ def tile_model(tmp_path_factory) -> dict:
     return {"folder": folder, "ckpt": folder / "run" / "epoch_0001.pt", "overrides": overrides}
 
 
-def tiled_vs_untiled(det: Detector, root: Path) -> tuple[float, float]:
+def tiled_vs_untiled(det: Predictor, root: Path) -> tuple[float, float]:
     """AP50 of untiled and tiled prediction on the val split under ``root``."""
     from core.data.spec import load_dataset_spec, read_split
     from core.engine.inference import coco_results
@@ -467,7 +467,7 @@ def test_tiles_beat_the_shrunk_picture_on_small_objects(tile_model: dict, tmp_pa
     0.000 on all three, tiled 0.745 / 0.722 / 0.716 (WBF merge 0.727 / 0.701 / 0.698; after 60
     training steps instead of 96: 0.41 / 0.44 / 0.32, after 120: 0.84 / 0.87 / 0.85). With the
     tile boxes not moved back by their window's corner, tiled AP50 was 0.005 / 0.008 / 0.003."""
-    det = Detector.from_checkpoint(tile_model["ckpt"], device="cpu")
+    det = Predictor.from_checkpoint(tile_model["ckpt"], device="cpu")
     for seed in (1, 2, 3):
         root = tmp_path / f"test{seed}"
         write_shapes(root, "val", 4, seed=1000 + seed)

@@ -201,11 +201,11 @@ def run(args: argparse.Namespace) -> int:
                      for name in _vis_names(videos, "")]
     refuse_existing(planned_outputs(args, paths, videos, video_outputs), args.overwrite)
     from core.ensemble import TTAPlan
-    from core.predictor import Detector
+    from core.predictor import Predictor
 
     tta = TTAPlan.parse(args.tta) if args.tta else None
     tiling = getattr(args, "tiling", None)
-    det = Detector.from_checkpoint(args.weights, args.config, args.device, args.set, allow_pickle=args.allow_pickle)
+    det = Predictor.from_checkpoint(args.weights, args.config, args.device, args.set, allow_pickle=args.allow_pickle)
     print(f"{len(paths)} pictures, {len(videos)} videos, model {det.source} ({len(det.class_names)} classes), "
           f"tta {tta.describe() if tta else 'none'}, {tiling.describe() if tiling else 'no tiles'}")
     if paths or not videos:
