@@ -58,6 +58,20 @@ def build_optimizer(model: nn.Module, opt: Any) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer.type '{opt.type}'; choose sgd or adamw")
 
 
+DATA_WAIT_WARN = 0.10  # share of the step time spent waiting for the loader above which the trainer warns
+
+
+def data_wait_warning(wait_s: float, step_s: float, workers: int) -> str | None:
+    """The warning for an epoch whose steps spent ``wait_s`` of their ``step_s`` seconds waiting for the
+    loader (the epoch's first step, which starts the workers, left out), or None below
+    :data:`DATA_WAIT_WARN`."""
+    if step_s <= 0 or wait_s / step_s <= DATA_WAIT_WARN:
+        return None
+    return (f"warning: the steps waited for data {wait_s / step_s:.0%} of the time (data_s in log.jsonl), more "
+            f"than {DATA_WAIT_WARN:.0%}: the loader does not keep up; raise General.loader_worker (now {workers}) "
+            "if the machine has idle cores, or make decoding cheaper (smaller pictures on disk)")
+
+
 class Trainer:
     """Trains ``cfg``'s detector on the dataset named by ``cfg.dataset.data``.
 
@@ -464,8 +478,18 @@ class Trainer:
                    disable=not interactive, dynamic_ncols=True, file=sys.stderr)
         in_epoch = done_in_epoch
         window: dict[str, float] = {}
-        window_n, window_start = 0, time.perf_counter()
-        for images, targets in bar:
+        window_n, window_start, window_wait = 0, time.perf_counter(), 0.0
+        epoch_wait = epoch_time = 0.0  # after the epoch's first step (which starts the workers)
+        batches = iter(bar)
+        while True:
+            fetch_start = time.perf_counter()
+            try:
+                images, targets = next(batches)
+            except StopIteration:
+                break
+            step_start = time.perf_counter()
+            wait = step_start - fetch_start  # this step waited for the loader this long
+            window_wait += wait
             self.skipped_images += getattr(targets, "skipped", 0)
             drawn = (len(targets) + getattr(targets, "skipped", 0)) * self.dist.world_size  # as many on every rank
             if len(targets):
@@ -477,19 +501,24 @@ class Trainer:
             self.step += 1
             self.images_in_epoch += drawn
             in_epoch += 1
+            if in_epoch > done_in_epoch + 1:
+                epoch_wait, epoch_time = epoch_wait + wait, epoch_time + time.perf_counter() - fetch_start
             if window_n and (window_n >= g.log_frequency or in_epoch >= self.steps_per_epoch):
                 elapsed = time.perf_counter() - window_start
                 row = {k: v / window_n for k, v in window.items()}
                 ips = window_n * images.shape[0] * self.dist.world_size / max(elapsed, 1e-9)
                 lr = self.optimizer.param_groups[0]["lr"]
+                data_s = window_wait / window_n  # mean wait for data per step of the window
                 self._log({"kind": "train", "epoch": self.epoch + 1, "step": self.step, **row, "lr": lr,
-                           "images_per_s": ips, "skipped_images": self.skipped_images})
+                           "images_per_s": ips, "data_s": data_s, "skipped_images": self.skipped_images})
                 if interactive:
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}",
+                                    data=f"{window_wait / max(elapsed, 1e-9):.0%}")
                 else:
                     self._print(f"epoch {self.epoch + 1}/{cfg.schedule.end_epoch} step {in_epoch}/"
-                                f"{self.steps_per_epoch}: loss {row['loss']:.4f}  lr {lr:.2e}  img/s {ips:.1f}")
-                window, window_n, window_start = {}, 0, time.perf_counter()
+                                f"{self.steps_per_epoch}: loss {row['loss']:.4f}  lr {lr:.2e}  img/s {ips:.1f}  "
+                                f"data {window_wait / max(elapsed, 1e-9):.0%}")
+                window, window_n, window_start, window_wait = {}, 0, time.perf_counter(), 0.0
             if distributed.any_true(stop.requested, self.dist):
                 bar.close()
                 self._save_interrupted()
@@ -497,6 +526,9 @@ class Trainer:
                     f"stopped by {stop.signal_name} at epoch {self.epoch + 1}, step {self.step}; state saved to "
                     f"{self.out / INTERRUPTED}; continue with: {resume_command()}")
         self.images_in_epoch = 0
+        warning = data_wait_warning(epoch_wait, epoch_time, g.loader_worker)
+        if warning:
+            self._print(f"epoch {self.epoch + 1}: {warning}")
         if self.skipped_images:
             self._print(f"epoch {self.epoch + 1}: {self.skipped_images} unreadable images skipped so far "
                         "(dataset.skip_bad_images)")
