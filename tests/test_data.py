@@ -11,7 +11,9 @@ from PIL import Image
 
 from core.data.dataset import DetectionDataset, collate
 from core.data.records import DatasetError
-from core.data.spec import load_dataset_spec, read_coco, read_split, read_voc
+from core.data.formats.coco import read_coco
+from core.data.formats.voc import read_voc
+from core.data.spec import load_dataset_spec, read_split
 from core.data.synthetic import synthesize_shapes
 from core.data.transforms import build_transform
 

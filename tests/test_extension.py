@@ -1,5 +1,6 @@
 """Adding a part touches its own code, one registration and a config: a toy backbone, neck and head are
-registered here (nothing in the project is edited), named by a config module, and trained.
+registered here (nothing in the project is edited), named by a config module, and trained; a toy
+dataset format is one entry in ``core.data.formats.FORMATS``.
 
 The head reuses the anchor-based family's loss and decoding by subclassing its task; a head with its
 own loss would implement the same methods (``core.task.Task``).
@@ -104,6 +105,8 @@ class ToyTask(DetectionTask):
         return [k for k in state if k.startswith(("head.cls.", "head.box."))]
 
 
+ROOT_DEMO = Path(__file__).resolve().parent.parent / "config" / "demo.py"
+
 CONFIG = '''from config import base
 
 
@@ -156,3 +159,54 @@ def test_a_registered_toy_backbone_neck_and_head_build_and_train(tmp_path: Path)
     assert head_type(after) == "toy_head"
     assert sorted(name for name, _ in strip_head(after, "toy_head").removed) == sorted(
         k for k in after if k.startswith(("head.cls.", "head.box.")))
+
+
+def _read_csv(split, spec, problems, decode: bool) -> list:
+    """A toy format: ``annotations`` names a CSV of ``file,x1,y1,x2,y2,class`` rows (xyxy original pixels)."""
+    import numpy as np
+    from PIL import Image
+
+    from core.data.records import ImageRecord
+
+    rows: dict[str, list[list[str]]] = {}
+    for line in split.annotations.read_text().splitlines()[1:]:
+        name, *values = line.split(",")
+        rows.setdefault(name, []).append(values)
+    records = []
+    for image_id, (name, boxes) in enumerate(sorted(rows.items()), start=1):
+        path = split.images / name
+        width, height = Image.open(path).size
+        records.append(ImageRecord(image_id, str(path), width, height,
+                                   np.array([[float(v) for v in b[:4]] for b in boxes], dtype=np.float32),
+                                   np.array([spec.class_names.index(b[4]) for b in boxes], dtype=np.int64)))
+    return records
+
+
+def test_a_registered_toy_dataset_format_reads_and_trains(tmp_path: Path, monkeypatch) -> None:
+    """One entry in core.data.formats.FORMATS (here set by the test) makes ``format: csv`` a dataset format."""
+    from core.data.formats import FORMATS, DatasetFormat
+    from core.data.spec import load_dataset_spec, read_split
+
+    monkeypatch.setitem(FORMATS, "csv", DatasetFormat("annotations", "boxes.csv", (), "", _read_csv))
+    coco = synthetic_shapes_yaml(tmp_path, 8, 0, 96, seed=12)
+    shapes = read_split(load_dataset_spec(coco), "train")
+    names = load_dataset_spec(coco).class_names
+    lines = ["file,x1,y1,x2,y2,class"] + [
+        f"{Path(r.file_name).name},{','.join(f'{v:g}' for v in box)},{names[label]}"
+        for r in shapes for box, label in zip(r.boxes, r.labels)]
+    (tmp_path / "boxes.csv").write_text("\n".join(lines) + "\n")
+    image_dir = Path(shapes[0].file_name).parent
+    (tmp_path / "csv.yaml").write_text(f"format: csv\nroot: {tmp_path}\nclasses: {names}\n"
+                                       f"train: {{images: {image_dir}, annotations: boxes.csv}}\n")
+    spec = load_dataset_spec(tmp_path / "csv.yaml")
+    records = read_split(spec, "train")
+    assert spec.category_ids == list(range(1, len(names) + 1)) and len(records) == len(shapes)
+    for mine, theirs in zip(records, sorted(shapes, key=lambda r: Path(r.file_name).name)):
+        assert mine.file_name == theirs.file_name and (mine.boxes == theirs.boxes).all()
+    cfg = load_config(ROOT_DEMO, [
+        f"dataset.data={tmp_path / 'csv.yaml'}", "dataset.image_size=96", f"General.work_dir={tmp_path}",
+        "General.name=csv", "General.batch_image=4", "General.loader_worker=0", "schedule.end_epoch=1",
+        "schedule.eval_every=0", "pretrain.backbone_weights=", "backbone.pretrained=False"])
+    trainer = Trainer(cfg)
+    trainer.fit()
+    assert trainer.step == 2

@@ -18,7 +18,11 @@ from torchvision.ops import box_iou
 
 from core.data.check import load_checked_records
 from core.data.records import DatasetError, ImageRecord
-from core.data.spec import PROBLEM_KINDS, Problem, load_dataset_spec, read_coco, read_voc, read_yolo
+from core.data.formats.coco import read_coco
+from core.data.formats.voc import read_voc
+from core.data.formats.yolo import read_yolo
+from core.data.problems import PROBLEM_KINDS, Problem
+from core.data.spec import load_dataset_spec
 from core.postprocess import postprocess
 
 W, H = 64, 48

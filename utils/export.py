@@ -19,7 +19,6 @@ in ``tests/test_export.py``).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Sequence

@@ -51,7 +51,7 @@ def expand_images(items: Sequence[str]) -> list[Path]:
     """Files as given, pictures and videos directly inside folders (sorted), and glob matches
     (sorted) that are pictures or videos. Raises FileNotFoundError naming an item that matches
     nothing."""
-    from core.data.spec import IMAGE_SUFFIXES
+    from core.data.problems import IMAGE_SUFFIXES
 
     wanted = IMAGE_SUFFIXES + VIDEO_SUFFIXES
     out: list[Path] = []

@@ -17,7 +17,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .records import DatasetError, ImageRecord
-from .spec import UNREADABLE_IMAGE, DatasetSpec, Problem, read_split
+from .problems import UNREADABLE_IMAGE, Problem
+from .spec import DatasetSpec, read_split
 
 SIZE_BINS = ("small", "medium", "large")
 SMALL_AREA = 32 ** 2   # COCO: small < 32^2 px^2 <= medium < 96^2 px^2 <= large (box w*h, original pixels)

@@ -24,7 +24,8 @@ import yaml
 from core.output_paths import real, refuse_existing, refuse_inputs
 
 from .records import DatasetError, ImageRecord
-from .spec import DatasetSpec, FORMATS, read_split
+from .formats import FORMATS
+from .spec import DatasetSpec, read_split
 
 COORD_DECIMALS = 6   # pixel coordinates (COCO, VOC)
 NORM_DECIMALS = 10   # normalised coordinates (YOLO)
