@@ -59,7 +59,7 @@ def test_finished_runs_table_equals_their_logs(tmp_path, capsys):
         fake_run(tmp_path / "runs" / "yolo", "config/yolov4_r18.py", [d, "General.batch_image=2", "backbone.pretrained=True"],
                  [(4, 2.0), (8, 2.5), (12, 2.25)],
                  [(1, 4, -1.0, -1.0), (2, 8, 0.40, 0.61), (3, 12, 0.40, 0.70)]),  # AP -1: no score; tie: first
-        fake_run(tmp_path / "runs" / "retina", "config/retina_r18_fpn.py", [d], [(10, 5.0)], []),
+        fake_run(tmp_path / "runs" / "retina", "config/retina_r18_fpn.py", [d, "General.batch_image=8"], [(10, 5.0)], []),
     ]
     out = tmp_path / "cmp"
     assert compare.main(["--runs", *map(str, runs), "--out", str(out)]) == 0

@@ -138,6 +138,7 @@ def summarize_run(run_dir: str | Path, eval_times: dict[int, float] | None = Non
     """Everything the table says about one run folder (``config.json`` and ``log.jsonl``).
     ``eval_times`` maps an eval row's step to measured seconds since the run started; without it the
     times are estimated from the log (:func:`train_seconds`)."""
+    from core.config import is_auto
     from core.plot import read_log
 
     run_dir = Path(run_dir)
@@ -160,7 +161,8 @@ def summarize_run(run_dir: str | Path, eval_times: dict[int, float] | None = Non
         return summary
     speeds = [v for v in (_number(r.get("images_per_s")) for r in train) if v is not None]
     summary.images_per_s = statistics.median(speeds) if speeds else None
-    estimated = train_seconds(train, int(cfg.General.batch_image)) if cfg is not None else []
+    batch = cfg.General.batch_image if cfg is not None else "auto"  # a trainer's config.json has it resolved
+    estimated = [] if is_auto(batch) else train_seconds(train, int(batch))
     for row in evals:
         step = int(row.get("step", 0))
         row = dict(row)
