@@ -91,7 +91,7 @@ def main() -> int:
     from core.data.spec import load_dataset_spec, read_split
     from core.engine.inference import coco_results, predict_batches
     from core.engine.runtime import run_dir, select_device
-    from core.engine.tester import find_weights, load_trained, write_json
+    from core.engine.tester import load_run_weights, write_json
     from core.evaluation import coco_ground_truth, evaluate, format_per_class_table, save_pr_curves
 
     spec = load_dataset_spec(cfg.dataset.data)
@@ -104,7 +104,7 @@ def main() -> int:
         class_names, category_ids = spec.class_names, spec.category_ids
     else:
         device = select_device(cfg.General.device)
-        trained = load_trained(cfg, find_weights(cfg, args.epoch, args.weights), device)
+        trained = load_run_weights(cfg, args.epoch, args.weights, device)
         if trained.class_names != spec.class_names:
             print(f"warning: model classes {trained.class_names} differ from dataset classes {spec.class_names}")
         class_names, category_ids = trained.class_names, trained.category_ids

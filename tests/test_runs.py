@@ -393,3 +393,27 @@ def test_best_checkpoint_and_patience(tiny_data: Path, tmp_path: Path, monkeypat
     assert load_checkpoint(run / "best.pt")["epoch"] == 6
     with pytest.raises(CheckpointError, match="no best.pt"):
         find_weights(config(tiny_data, tmp_path, "none"), None, "best")
+
+
+def test_testing_the_newest_checkpoint_reads_it_once(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """detection_test.py without --epoch / --weights finds the newest checkpoint by reading and verifying
+    it; the model is then loaded from that read, not from a second read and checksum of the file."""
+    import core.checkpoint
+    from core.engine import tester
+
+    cfg = config(tiny_data, tmp_path, "once")
+    Trainer(cfg).fit()
+    reads: list[Path] = []
+    real = core.checkpoint.load_checkpoint
+
+    def counting(path, *args, **kwargs):
+        reads.append(Path(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(core.checkpoint, "load_checkpoint", counting)
+    monkeypatch.setattr(tester, "load_checkpoint", counting)
+    trained = tester.load_run_weights(cfg, None, None, torch.device("cpu"))
+    assert reads == [tmp_path / "once" / "epoch_0001.pt"] and trained.source == reads[0]
+    reads.clear()
+    tester.load_run_weights(cfg, 1, None, torch.device("cpu"))  # by epoch: found without reading, read once
+    assert reads == [tmp_path / "once" / "epoch_0001.pt"]

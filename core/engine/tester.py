@@ -31,22 +31,33 @@ class TrainedModel:
 
 def find_weights(cfg: Config, epoch: int | None = None, weights: str | None = None) -> Path:
     """``weights`` if given (``"best"``: the run's ``best.pt``), else the run's checkpoint of ``epoch``,
-    else its newest checkpoint."""
+    else its newest checkpoint that loads and verifies."""
+    return _find_weights(cfg, epoch, weights)[0]
+
+
+def load_run_weights(cfg: Config, epoch: int | None, weights: str | None, device: torch.device) -> TrainedModel:
+    """:func:`find_weights` then :func:`load_trained`, reading (and verifying) the checkpoint once."""
+    path, state = _find_weights(cfg, epoch, weights)
+    return load_trained(cfg, path, device, state=state)
+
+
+def _find_weights(cfg: Config, epoch: int | None, weights: str | None) -> tuple[Path, dict | None]:
+    """The weights' path, and the checkpoint when finding it meant reading it (the newest one)."""
     out = run_dir(cfg)
     if weights == "best":
         if not (out / "best.pt").exists():
             raise CheckpointError(f"no best.pt in {out}: it is written after an evaluation (schedule.eval_every > 0) "
                                   "that beats the previous ones; pass --weights FILE or --epoch N instead")
-        return out / "best.pt"
+        return out / "best.pt", None
     if weights:
-        return Path(weights)
+        return Path(weights), None
     if epoch is not None:
-        return checkpoint_path(out, epoch)
+        return checkpoint_path(out, epoch), None
     found = load_latest(out, allow_pickle=cfg.pretrain.allow_pickle)
     if found is None:
         raise CheckpointError(f"no checkpoint in {out}; train first (python detection_train.py --config "
                               f"{cfg.source}) or pass --weights FILE")
-    return found[1]
+    return found[1], found[0]
 
 
 def load_trained(cfg: Config, path: Path, device: torch.device, state: dict | None = None) -> TrainedModel:
