@@ -16,7 +16,7 @@ def class_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, i
     Few boxes or few classes: one ``torchvision.ops.nms`` over all boxes, each class's shifted
     (in float64) past the others' so that classes cannot overlap (torchvision's ``batched_nms``
     loops over the classes below 5000 boxes on a GPU, one kernel each). That kernel tests each box
-    against every later box not yet suppressed: ~0.5 M pairs (~1.4 ms on a CPU) for 1000
+    against every later box not yet suppressed: ~0.5 M pairs for 1000
     candidates spread over many classes. When the classes cut the pairs 16-fold or more (and
     there are 256 boxes or more, below which the kernel's fixed cost wins), only same-class pairs
     are tested, all at once, and the greedy choice is resolved on the overlapping pairs in rounds:

@@ -47,8 +47,8 @@ def top_candidates(class_scores: Sequence[torch.Tensor], k: int, floor: float) -
     are read without a copy). Returns ``values [K]`` and flat indices ``[K]`` into the levels'
     concatenation ``[sum N_l, C]`` (``anchor * C + class``), ``K <= k``, largest first.
 
-    A plain ``topk`` over all 4.4 M logits of an EfficientDet-D0 image runs on one thread and
-    takes 50-70 ms on a CPU. Instead the logits are cut into ~16k slices (of a length that divides
+    A plain ``topk`` over all 4.4 M logits of an EfficientDet-D0 image runs on one thread (the
+    figures are in docs/PERFORMANCE.md). Instead the logits are cut into ~16k slices (of a length that divides
     every level when one is near; a level's remainder is padded with -inf to a whole slice) and
     the ``k`` slices with the largest maxima are kept. Their smallest maximum ``t`` is a threshold
     that ``k`` logits reach, so the ``k``-th largest logit is >= ``t``; every logit above ``t`` lies
@@ -183,7 +183,7 @@ def clip_and_suppress(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.T
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, image_size[0])
     nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     boxes, scores, labels, images = boxes[nonempty], scores[nonempty], labels[nonempty], images[nonempty]
-    if num_images == 1:  # the latency case: no grouping by image (~0.4 ms of small ops on a CPU)
+    if num_images == 1:  # the latency case: no grouping by image (it costs small ops)
         keep = class_nms(boxes, scores, labels, nms_thresh)[:max_det]
         return [Detections(boxes[keep], scores[keep], labels[keep])]
     keep = class_nms(boxes, scores, images * num_classes + labels, nms_thresh)  # highest score first

@@ -2,13 +2,11 @@
 
 A squeeze-excite block pools a ``[B, C, H, W]`` map to ``[B, C, 1, 1]``, then applies two 1x1
 convolutions (``C -> C/4/expand`` and back) to that single pixel. Compiled with inductor
-freezing, each becomes a prepacked oneDNN call whose fixed cost (~45-75 us on a CPU) dwarfs its
-few thousand multiply-adds, and EfficientNet-B0 has 32 of them. Written as an elementwise
-product and a sum, inductor generates the loop itself and fuses it with the pooling and the
-activations around it (about 2 ms of ~68 ms per EfficientDet-D0 image on 2 CPU cores). Only
-compiled inference uses it: run eagerly, the product and sum dispatch 7 operations where the conv
-dispatches one (what launches cost on a GPU), and on a 2-core CPU the eager network is no faster
-with it (212 ms against 209 ms per D0 image, interleaved, 30 rounds).
+freezing, each becomes a prepacked oneDNN call whose fixed cost dwarfs its few thousand
+multiply-adds, and EfficientNet-B0 has 32 of them. Written as an elementwise product and a sum,
+inductor generates the loop itself and fuses it with the pooling and the activations around it.
+Only compiled inference uses it: run eagerly, the product and sum dispatch 7 operations where the
+conv dispatches one (what launches cost on a GPU). Measured gains: docs/PERFORMANCE.md.
 """
 from __future__ import annotations
 

@@ -51,10 +51,10 @@ def compile_for_inference(network: nn.Module, device: torch.device) -> nn.Module
 
     Inductor freezing makes the weights constants: prepacked oneDNN convolutions with fused
     activations on CPUs, constant folding everywhere. It is a global inductor setting (the per-call
-    ``options=`` route does not turn it on in torch 2.14) that acts on no-grad graphs only, so a
-    training compile in the same process is unaffected. On a CPU the generated code is called from
-    a C++ wrapper (``cpp_wrapper``): the Python wrapper's ~200 convolution calls cost ~6 ms per
-    EfficientDet-D0 image. Shapes are static: each new input size compiles anew.
+    ``options=`` route does not turn it on) that acts on no-grad graphs only, so a training compile
+    in the same process is unaffected. On a CPU the generated code is called from a C++ wrapper
+    (``cpp_wrapper``), which saves the Python wrapper's cost per convolution call. Shapes are
+    static: each new input size compiles anew.
     """
     torch._inductor.config.freezing = True
     options = {"cpp_wrapper": True} if device.type == "cpu" else {}

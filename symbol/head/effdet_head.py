@@ -99,7 +99,7 @@ class LevelSubNet(nn.Module):
         self.gap = max(conv.conv_dw.kernel_size[0] for conv in [*subnet.convs, subnet.predict]) // 2
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        small = 0  # coarse levels of at most max_packed_pixels; a plain loop, which torch 2.11's Dynamo traces
+        small = 0  # coarse levels of at most max_packed_pixels; a plain loop, which Dynamo traces
         for x in reversed(features):
             if x.shape[-2:].numel() > self.max_packed_pixels:
                 break

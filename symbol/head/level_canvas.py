@@ -3,8 +3,7 @@ covers them all.
 
 A head whose convolution weights are shared across levels calls each convolution once per level.
 On the coarse levels (16x16 and smaller for EfficientDet-D0 at 512 px) a call costs far more
-than its arithmetic: on a 2-core CPU the three coarsest levels of D0's head take ~4 ms for 48
-convolution calls. Placed side by side with ``gap`` zero rows / columns between them (``gap =
+than its arithmetic (D0's three coarsest levels make 48 convolution calls). Placed side by side with ``gap`` zero rows / columns between them (``gap =
 k // 2`` for ``k x k`` stride-1 convolutions with symmetric zero padding), a convolution over the
 canvas gives every level exactly the output it gets alone, as long as the gaps are zero again
 before each convolution: a level's border pixels see zeros across the gap, as they see the
