@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from core.anchor_fit import AnchorFit, _format_value, input_boxes
+from core.anchor_fit import AnchorFit, format_value, input_boxes
 from core.task import task_class
 
 
@@ -37,7 +37,7 @@ def check_anchors(cfg: Any, records: Sequence[Any], log: Callable[[str], None] =
     if cfg.anchors.auto and not fit.fits and fit.suggestion and better:
         for key, value in fit.suggestion.items():
             setattr(cfg.anchors, key, value)
-        changes = ", ".join(f"anchors.{k} = {_format_value(v)}" for k, v in fit.suggestion.items())
+        changes = ", ".join(f"anchors.{k} = {format_value(v)}" for k, v in fit.suggestion.items())
         log(f"anchors.auto: using {changes} (they fit {fit.suggested_share:.1%} of the training boxes, "
             f"the configured ones {fit.share:.1%})")
     return fit

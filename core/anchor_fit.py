@@ -283,7 +283,8 @@ def yolo_rows(anchors: np.ndarray, like: Sequence[Sequence[float]]) -> list[list
 
 
 # ------------------------------------------------------------------------------------ the check
-def _format_value(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A config value as a ``--set`` line or a message writes it."""
     return repr(value)
 
 
@@ -316,7 +317,7 @@ class AnchorFit:
 
     def set_args(self) -> str:
         """The suggestion as ``--set`` arguments to paste after a ``detection_train.py`` command."""
-        return " ".join(f"--set {shlex.quote(f'anchors.{k}={_format_value(v)}')}" for k, v in self.suggestion.items())
+        return " ".join(f"--set {shlex.quote(f'anchors.{k}={format_value(v)}')}" for k, v in self.suggestion.items())
 
     def lines(self) -> list[str]:
         """What the trainer prints: one line, or a warning naming the fitting values."""
@@ -361,7 +362,7 @@ def use_trained_anchors(cfg: Any, saved: dict[str, Any] | None,
             setattr(cfg.anchors, key, anchors[key])
             changed.append(key)
     if changed:
-        text = ", ".join(f"anchors.{k} = {_format_value(anchors[k])}" for k in changed)
+        text = ", ".join(f"anchors.{k} = {format_value(anchors[k])}" for k in changed)
         message = f"note: using the anchors the checkpoint was trained with (anchors.auto): {text}"
         if log is None:
             import sys

@@ -161,8 +161,8 @@ def summarize_run(run_dir: str | Path, eval_times: dict[int, float] | None = Non
         return summary
     speeds = [v for v in (_number(r.get("images_per_s")) for r in train) if v is not None]
     summary.images_per_s = statistics.median(speeds) if speeds else None
-    batch = cfg.General.batch_image if cfg is not None else "auto"  # a trainer's config.json has it resolved
-    estimated = [] if is_auto(batch) else train_seconds(train, int(batch))
+    resolved = cfg is not None and not is_auto(cfg.General.batch_image)  # a trainer's config.json has it resolved
+    estimated = train_seconds(train, int(cfg.General.batch_image)) if resolved else []
     for row in evals:
         step = int(row.get("step", 0))
         row = dict(row)

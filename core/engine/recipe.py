@@ -96,9 +96,7 @@ def resolve_recipe(cfg: Config, train_images: int, world_size: int = 1,
     steps_per_epoch = train_images // total_batch
     steps = max(1, cfg.schedule.end_epoch * steps_per_epoch)
     run = f"{steps} steps of {total_batch} images"
-    for section, field in auto_fields(cfg):
-        if (section, field) == ("General", "batch_image"):
-            continue
+    for section, field in auto_fields(cfg):  # the batch is no longer among them: chosen above
         if (section, field) == ("optimizer", "type"):
             long_run = steps > LONG_RUN_STEPS
             given_lr = "" if is_auto(cfg.optimizer.lr) else (

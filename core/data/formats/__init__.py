@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from core.data.formats import coco, voc, yolo
+from core.data.records import DatasetError
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,6 @@ class DatasetFormat:
 def _coco_category_ids(spec: Any) -> tuple[list[str], list[int]]:
     """The classes and their COCO ids, from the smallest split annotation json (the YAML's ``classes``
     pick and order them)."""
-    from core.data.records import DatasetError
-
     existing = [s.annotations for s in spec.splits.values() if s.annotations.is_file()]
     if not existing:
         first = next(iter(spec.splits.values())).annotations
