@@ -509,15 +509,16 @@ class Trainer:
                 ips = window_n * images.shape[0] * self.dist.world_size / max(elapsed, 1e-9)
                 lr = self.optimizer.param_groups[0]["lr"]
                 data_s = window_wait / window_n  # mean wait for data per step of the window
+                data_share = window_wait / max(elapsed, 1e-9)
                 self._log({"kind": "train", "epoch": self.epoch + 1, "step": self.step, **row, "lr": lr,
                            "images_per_s": ips, "data_s": data_s, "skipped_images": self.skipped_images})
                 if interactive:
                     bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}",
-                                    data=f"{window_wait / max(elapsed, 1e-9):.0%}")
+                                    data=f"{data_share:.0%}")
                 else:
                     self._print(f"epoch {self.epoch + 1}/{cfg.schedule.end_epoch} step {in_epoch}/"
                                 f"{self.steps_per_epoch}: loss {row['loss']:.4f}  lr {lr:.2e}  img/s {ips:.1f}  "
-                                f"data {window_wait / max(elapsed, 1e-9):.0%}")
+                                f"data {data_share:.0%}")
                 window, window_n, window_start, window_wait = {}, 0, time.perf_counter(), 0.0
             if distributed.any_true(stop.requested, self.dist):
                 bar.close()
