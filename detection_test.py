@@ -10,11 +10,11 @@ boxes fusion; --ensemble adds other checkpoints (each with its embedded config, 
 theirs and write results_<split>_tta.json / results_<split>_ensemble.json.
 
 --tile SIZE [--overlap F] [--tile-merge nms|wbf] [--tile-full] also predicts overlapping SIZE x SIZE
-windows of each image (original pixels; core.tiling) and merges them, for large images with small
+windows of each image (original pixels; core.inference.tiling) and merges them, for large images with small
 objects (without the --tta passes); its AP is printed next to the single model's and
 results_<split>_tiled.json written.
 
-Every run writes a confusion matrix (core.confusion; rows predicted, columns true, with a
+Every run writes a confusion matrix (core.evaluation.confusion; rows predicted, columns true, with a
 background row for missed objects and a background column for false detections) at
 --confusion-iou (default 0.45) and --confusion-score (default 0.25): printed, and as
 confusion_<split>.png and .csv in the run folder (confusion_<split>_tiled.* for --tile).
@@ -25,16 +25,16 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.cli import config_parser, load_from_args, run_main
+from core.engine.cli import config_parser, load_from_args, run_main
 
 if TYPE_CHECKING:  # the heavy imports stay inside main()
     import torch
 
-    from core.config import Config
+    from core.config.loading import Config
     from core.data.records import ImageRecord
     from core.engine.tester import TrainedModel
-    from core.evaluation import EvalResult
-    from core.postprocess import Detections
+    from core.evaluation.coco_eval import EvalResult
+    from core.ops.postprocess import Detections
 
 
 def main() -> int:
@@ -71,7 +71,7 @@ def main() -> int:
     if not 0.0 <= args.confusion_iou < 1.0:
         parser.error(f"--confusion-iou {args.confusion_iou} must be in [0, 1)")
     if args.tta:
-        from core.ensemble import TTAPlan
+        from core.inference.ensemble import TTAPlan
         try:
             TTAPlan.parse(args.tta)
         except ValueError as err:
@@ -92,7 +92,7 @@ def main() -> int:
     from core.engine.inference import coco_results, predict_batches
     from core.engine.runtime import run_dir, select_device
     from core.engine.tester import load_run_weights, write_json
-    from core.evaluation import coco_ground_truth, evaluate, format_per_class_table, save_pr_curves
+    from core.evaluation.coco_eval import coco_ground_truth, evaluate, format_per_class_table, save_pr_curves
 
     spec = load_dataset_spec(cfg.dataset.data)
     records = read_split(spec, args.split)
@@ -118,7 +118,7 @@ def main() -> int:
         write_json(results, results_path)
         print(f"detections written to {results_path}")
         if args.vis:
-            from core.visualize import draw_detections
+            from core.inference.visualize import draw_detections
             from core.data.dataset import load_image
 
             vis_dir = Path(args.vis)
@@ -139,7 +139,7 @@ def main() -> int:
     curves = save_pr_curves(result, class_names, out / f"pr_curves_{args.split}")
     print(f"precision-recall curves: {len(curves)} PNGs in {out / f'pr_curves_{args.split}'}")
     if args.results:
-        from core.confusion import detections_from_results
+        from core.evaluation.confusion import detections_from_results
 
         found = detections_from_results(results, category_ids)
     else:
@@ -162,7 +162,7 @@ def write_confusion(args: argparse.Namespace, records: list[ImageRecord], found:
     to ``stem``.png and ``stem``.csv."""
     import numpy as np
 
-    from core.confusion import confusion_matrix, format_confusion, save_confusion_png, write_confusion_csv
+    from core.evaluation.confusion import confusion_matrix, format_confusion, save_confusion_png, write_confusion_csv
 
     scored = records if evaluated is None else [r for r in records if r.image_id in set(evaluated)]
     none = (np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))
@@ -184,8 +184,8 @@ def compare_tiled(args: argparse.Namespace, cfg: Config, trained: TrainedModel, 
     confusion matrix, return ``[(row name, EvalResult)]``."""
     from core.engine.inference import coco_results
     from core.engine.tester import write_json
-    from core.evaluation import evaluate
-    from core.predictor import Predictor
+    from core.evaluation.coco_eval import evaluate
+    from core.inference.predictor import Predictor
 
     det = Predictor(trained.model, cfg, trained.class_names, trained.category_ids, device, task=trained.task,
                    source=str(trained.source))
@@ -220,12 +220,12 @@ def compare_tta_ensemble(args: argparse.Namespace, cfg: Config, trained: Trained
                          out: Path) -> list[tuple[str, EvalResult]]:
     """Run the --tta passes and --ensemble members, write their results json, return
     ``[(row name, EvalResult)]``."""
-    from core.checkpoint import CheckpointError
+    from core.engine.checkpoint import CheckpointError
     from core.engine.inference import coco_results
     from core.engine.tester import write_json
-    from core.ensemble import TTAPlan, fuse_per_image
-    from core.evaluation import evaluate
-    from core.predictor import Predictor
+    from core.inference.ensemble import TTAPlan, fuse_per_image
+    from core.evaluation.coco_eval import evaluate
+    from core.inference.predictor import Predictor
 
     main_det = Predictor(trained.model, cfg, trained.class_names, trained.category_ids, device, task=trained.task,
                         source=str(trained.source))

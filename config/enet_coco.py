@@ -5,7 +5,7 @@ AlexeyAB darknet's ``enet-coco.cfg`` (the reference detector of seed 003): Effic
 stride 16, and two YOLO layers sharing the six "tiny" anchors 10,14 23,27 37,58 81,82 135,169
 344,319 (masks 3,4,5 at P5 and 1,2,3 at P4, in pixels of the 416 input). Here the head is this
 repository's YOLO neck at those widths (SPPCSP 1280 -> 256 on P5, one CSP-PAN step to P4 at 128,
-one bottleneck per CSP block) and the loss of ``core.yolo``; the recipe is ``config/yolov4_effb0.py``'s.
+one bottleneck per CSP block) and the loss of ``core.tasks.yolo``; the recipe is ``config/yolov4_effb0.py``'s.
 """
 from config import base, yolov4_effb0
 from config.yolov4_effb0 import head, optimizer, schedule, test  # noqa: F401  (the same recipe)

@@ -2,7 +2,7 @@
 
 timm's resnet50, C3-C5 -> FPN of 256 channels on P3-P7 (lateral 1x1 convs, nearest top-down + add,
 3x3 output convs; P6 = 3x3/2 conv on C5, P7 = 3x3/2 conv on ReLU(P6)); class and box subnets shared
-over levels, each 4 x (3x3 conv 256 + ReLU) and a 3x3 predictor (``head.separable = False``); 9
+over levels, each 4 x (3x3 conv 256 + ReLU) and a 3x3 predictor (``head.type = "retina"``); 9
 anchors per cell (octave scales 2^0, 2^(1/3), 2^(2/3) x aspect ratios 1:2, 1:1, 2:1, side 4 x
 stride); focal loss gamma 2.0, alpha 0.25, positives at IoU >= 0.5, background below 0.4; box loss
 Huber 0.1 x 50 on unscaled Faster R-CNN offsets (as tensorflow/tpu's RetinaNet).
@@ -64,9 +64,8 @@ class neck(base.neck):
 
 
 class head(base.head):
-    type = "effdet"
+    type = "retina"
     repeats = 4
-    separable = False
 
 
 class anchors(base.anchors):

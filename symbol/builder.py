@@ -29,9 +29,9 @@ def build_backbone(b: Any) -> nn.Module:
 
 
 def build_detector(cfg: Any, num_classes: int) -> Detector:
-    """Build the network described by ``cfg`` (a ``core.config.Config`` or anything with the same
+    """Build the network described by ``cfg`` (a ``core.config.loading.Config`` or anything with the same
     sections) for ``num_classes`` foreground classes. Weights are freshly initialised: building
-    never loads pretrained weights (``core.pretrain.apply_pretrain`` does, when a run starts)."""
+    never loads pretrained weights (``core.weights.pretrain.apply_pretrain`` does, when a run starts)."""
     neck_builder, head_builder = NECKS.get(cfg.neck.type), HEADS.get(cfg.head.type)  # unknown names fail first
     backbone = build_backbone(cfg.backbone)
     neck = neck_builder(cfg.neck, backbone.channels, backbone.levels)

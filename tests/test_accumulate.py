@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.config import load_config
+from core.config.loading import load_config
 from core.engine.trainer import Trainer
 from conftest import synthetic_shapes_yaml
 

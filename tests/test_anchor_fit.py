@@ -1,4 +1,4 @@
-"""The start-up anchor check (core.anchor_check, core.anchor_fit): the share of training boxes an anchor matches, the
+"""The start-up anchor check (core.tasks.anchor_check, core.tasks.anchor_fit): the share of training boxes an anchor matches, the
 warning below 95 % with a --set line that fits, anchors.auto, and YOLOv5-style k-means anchors."""
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from core import anchor_check, anchor_fit
-from core.anchors import AnchorGenerator
-from core.config import load_config
+from core.tasks import anchor_check, anchor_fit
+from core.ops.anchors import AnchorGenerator
+from core.config.loading import load_config
 from core.data.records import ImageRecord
-from core.loss import batched_box_iou
+from core.ops.iou import batched_box_iou
 
 BASE = "config/effdet_b0.py"  # EfficientDet-D0: 512 px, P3-P7, scale 4, 3 x 3 anchors
 YOLO = "config/yolov4_effb0.py"  # 640 px, P3-P5, YOLOv4's COCO anchors, anchor_t 4
@@ -45,7 +45,7 @@ def uniform_wh(n: int, lo: float, hi: float, seed: int) -> np.ndarray:
 
 
 def test_share_is_exact_against_the_anchor_grid():
-    """best_anchor_iou is the best IoU over every anchor AnchorGenerator makes (core.loss's IoU)."""
+    """best_anchor_iou is the best IoU over every anchor AnchorGenerator makes (core.tasks.anchor_loss's IoU)."""
     cfg = load_config(BASE, ["dataset.image_size=128"])
     a, levels = cfg.anchors, anchor_fit.anchor_levels(cfg)
     wh = np.concatenate([uniform_wh(150, 4, 40, 0), uniform_wh(150, 20, 120, 1)])
@@ -141,12 +141,12 @@ def test_yolo_kmeans_recovers_clustered_sizes():
 
 
 def test_yolo_check_matches_build_targets_and_warns_for_boxes_no_anchor_fits():
-    from core.yolo import build_targets
+    from core.tasks.yolo import build_targets
 
     cfg = load_config(YOLO)
     ordinary = records_from_wh(uniform_wh(500, 8, 400, seed=7), 640, seed=8)
     fit = anchor_check.measure_anchor_fit(cfg, ordinary)
-    assert fit.kind == "yolo" and fit.share >= 0.95 and fit.lines()[0].startswith("anchors: ")
+    assert list(fit.current) == ["yolo"] and fit.share >= 0.95 and fit.lines()[0].startswith("anchors: ")
 
     # long thin boxes (text lines): no YOLOv4 COCO anchor is within 4x in both width and height
     rng = np.random.default_rng(9)

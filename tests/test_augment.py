@@ -14,7 +14,7 @@ import torch
 from matplotlib.colors import rgb_to_hsv
 from PIL import Image
 
-from core.config import load_config
+from core.config.loading import load_config
 from core.data.augment import (AugmentConfig, PhotometricConfig, cutmix, mixup, mosaic, occlude_boxes)
 from core.data.dataset import DetectionDataset
 from core.data.loader import build_loader

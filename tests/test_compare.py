@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_shapes_yaml
-from core.config import load_config
-from core.plot import read_log
+from core.config.loading import load_config
+from core.evaluation.plot import read_log
 from utils import compare
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,7 +132,7 @@ def test_trains_each_config_in_its_own_process_and_one_crash_does_not_end_it(tmp
     assert row["input"] == "64" and 3.0 < float(row["params (M)"]) < 3.5  # EfficientNet-Lite0 demo, 4 classes
     assert json.loads((run / "config.json").read_text())["sections"]["schedule"]["end_epoch"] == 1
     transcript = (out / "train_compare_demo.txt").read_text()
-    assert "training boxes" in transcript  # the trainer's start-up anchor check (core.anchor_fit)
+    assert "training boxes" in transcript  # the trainer's start-up anchor check (core.tasks.anchor_fit)
     check_png(out / "compare.png")
 
     # the same command again: the folder holds a run now, so nothing is trained

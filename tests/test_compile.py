@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from core.config import load_config
+from core.config.loading import load_config
 from core.data.check import load_checked_records
 from core.data.loader import build_loader
 from core.data.spec import load_dataset_spec

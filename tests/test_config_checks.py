@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ConfigError, load_config
-from core.config_checks import check_values
+from core.config.loading import ConfigError, load_config
+from core.config.checks import check_values
 
 ROOT = Path(__file__).resolve().parent.parent
 

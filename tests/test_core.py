@@ -1,4 +1,4 @@
-"""Tests for core.config, core.anchors, core.box_coder, core.loss, core.postprocess and core.task."""
+"""Tests for core.config.loading, core.ops.anchors, core.ops.box_coder, core.tasks.anchor_loss, core.ops.postprocess and core.tasks.task."""
 from __future__ import annotations
 
 import json
@@ -12,15 +12,15 @@ from torchvision.ops import nms, sigmoid_focal_loss
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core import box_coder
-from core.anchors import AnchorGenerator, flatten_levels
-from core.config import ConfigError, load_config
-from core.focal_loss import sigmoid_focal_loss_sum
-from core.loss import BACKGROUND, IGNORE, assign, detection_loss
-from core.nms import class_nms
-from core.postprocess import (Detections, batch_top_candidates, detections_to_cpu, full_topk, postprocess,
+from core.ops import box_coder
+from core.ops.anchors import AnchorGenerator, flatten_levels
+from core.config.loading import ConfigError, load_config
+from core.ops.focal_loss import sigmoid_focal_loss_sum
+from core.tasks.anchor_loss import BACKGROUND, IGNORE, assign, detection_loss
+from core.ops.nms import class_nms
+from core.ops.postprocess import (Detections, batch_top_candidates, detections_to_cpu, full_topk, postprocess,
                               top_candidates)
-from core.anchor_task import DetectionTask
+from core.tasks.anchor_task import DetectionTask
 from symbol.builder import build_detector
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.config import load_config
+from core.config.loading import load_config
 from core.engine.trainer import DATA_WAIT_WARN, Trainer, data_wait_warning
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,14 +16,14 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from core.config import load_config
+from core.config.loading import load_config
 from core.data.check import check_dataset
 from core.data.convert import kfold_coco, split_coco, subset_coco
 from core.data.records import DatasetError
 from core.data.problems import Problem
 from core.data.spec import load_dataset_spec, read_split
 from core.data.synthetic import synthesize_shapes
-from core.evaluation import evaluate_results_file
+from core.evaluation.coco_eval import evaluate_results_file
 from utils.dataset import main as dataset_main
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.checkpoint import load_checkpoint
+from core.engine.checkpoint import load_checkpoint
 from conftest import synthetic_shapes_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +46,7 @@ DRIVER = textwrap.dedent("""
     import core.engine.trainer as trainer_module
     real_build = trainer_module.build_detector
     trainer_module.build_detector = lambda cfg, n: calibrated(real_build(cfg, n), cfg)
-    from core.config import load_config
+    from core.config.loading import load_config
     cfg = load_config({root!r} + "/config/demo.py", sys.argv[1:])
     trainer = trainer_module.Trainer(cfg)
     if trainer.dist.is_main:  # the weights training starts from, after calibration and pretrained loading

@@ -1,4 +1,4 @@
-"""Tests for core.evaluation, core.visualize, core.plot and utils.plot_log."""
+"""Tests for core.evaluation.coco_eval, core.inference.visualize, core.evaluation.plot and utils.plot_log."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from core.evaluation import (
+from core.evaluation.coco_eval import (
     STAT_NAMES,
     coco_ground_truth_from_file,
     coco_ground_truth_from_records,
@@ -27,8 +27,8 @@ from core.evaluation import (
     to_coco_results,
 )
 from core.data.records import ImageRecord
-from core.plot import plot_runs, read_log, text_loss_bars
-from core.visualize import draw_detections, save_grid
+from core.evaluation.plot import plot_runs, read_log, text_loss_bars
+from core.inference.visualize import draw_detections, save_grid
 
 REPO = Path(__file__).resolve().parents[1]
 CLASS_NAMES = ["cat", "dog", "person"]

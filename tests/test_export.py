@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import load_config
+from core.config.loading import load_config
 from symbol.builder import build_detector
-from core.task import build_task
+from core.tasks.task import build_task
 from utils.export import export_onnx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +54,7 @@ def test_onnx_with_postprocess_matches_detlab_detections(config: str, bn_var: tu
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(*bn_var)
-        predictors = [model.head.class_net.predict.conv_pw] if cfg.head.type == "effdet" else \
+        predictors = [model.head.class_net.predict.conv_pw] if cfg.head.type != "yolo" else \
             [m for name, m in model.head.named_modules() if name.endswith("predict")]
         for conv in predictors:
             conv.bias.normal_(-2.0, 1.0)

@@ -3,7 +3,7 @@ registered here (nothing in the project is edited), named by a config module, an
 dataset format is one entry in ``core.data.formats.FORMATS``.
 
 The head reuses the anchor-based family's loss and decoding by subclassing its task; a head with its
-own loss would implement the same methods (``core.task.Task``).
+own loss would implement the same methods (``core.tasks.task.Task``).
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.anchor_task import DetectionTask
-from core.config import load_config
+from core.tasks.anchor_task import DetectionTask
+from core.config.loading import load_config
 from core.engine.trainer import Trainer
-from core.task_registry import TASKS
+from core.tasks.registry import TASKS
 from symbol.builder import build_detector
 from symbol.registry import BACKBONES, HEADS, NECKS
 from conftest import synthetic_shapes_yaml
@@ -154,7 +154,7 @@ def test_a_registered_toy_backbone_neck_and_head_build_and_train(tmp_path: Path)
     after = trainer.model.state_dict()
     assert trainer.step == 2 and any(not torch.equal(before[k], after[k]) for k in before if k.startswith("head."))
     # the surgery tools ask the toy family for its predictors
-    from core.convert.surgery import head_type, strip_head
+    from core.weights.surgery import head_type, strip_head
 
     assert head_type(after) == "toy_head"
     assert sorted(name for name, _ in strip_head(after, "toy_head").removed) == sorted(

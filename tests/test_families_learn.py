@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import load_config
+from core.config.loading import load_config
 from core.engine.trainer import Trainer
 from conftest import synthetic_shapes_yaml
 
@@ -54,7 +54,7 @@ FAMILIES = {
     # SPPCSP + PAN + 3 YOLO layers. head_conv 0: Lite0's ImageNet checkpoint has a conv_head, but the
     # features-only body leaves it out, so a head conv here would be a randomly initialised 1x1 conv; SPPCSP
     # takes the pretrained 320-channel stage-7 map instead. PAN 128 / 64 / 32 wide with one bottleneck per
-    # CSP block; anchors for 24-58 px objects at 128 px. The shipped loss gains: core.yolo scales the
+    # CSP block; anchors for 24-58 px objects at 128 px. The shipped loss gains: core.tasks.yolo scales the
     # objectness gain by (128 / 640)**2 as YOLOv5 does (unscaled, objectness swamps the loss and seed 0
     # ends at AP50 0.285; scaled, seeds 0-2 end at 0.65-0.82).
     "yolo": ("config/yolov4_effb0.py", [

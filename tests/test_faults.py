@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.checkpoint import list_checkpoints, load_checkpoint
-from core.config import load_config
+from core.engine.checkpoint import list_checkpoints, load_checkpoint
+from core.config.loading import load_config
 from core.engine.trainer import Trainer
 from conftest import synthetic_shapes_yaml
 
@@ -40,7 +40,7 @@ STEPS_PER_EPOCH, TOTAL_STEPS = 4, 12
 DRIVER = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {root!r})
-    from core.config import load_config
+    from core.config.loading import load_config
     from core.engine.trainer import Trainer
     crash_on = os.environ.get("CRASH_ON_SAVE")
     if crash_on:

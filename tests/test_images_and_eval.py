@@ -22,8 +22,8 @@ from core.data.dataset import DetectionDataset, load_image
 from core.data.records import DatasetError, ImageRecord
 from core.data.spec import load_dataset_spec, read_split
 from core.data.transforms import build_transform
-from core.evaluation import coco_ground_truth, evaluate
-from core.postprocess import Detections
+from core.evaluation.coco_eval import coco_ground_truth, evaluate
+from core.ops.postprocess import Detections
 
 DISPLAYED = (160, 96)                 # (w, h) of the picture as a viewer shows it
 OBJECT = (20, 12, 70, 52)             # xyxy of the red object in the displayed picture
@@ -110,7 +110,7 @@ def test_exif_oriented_photo_trains_on_the_annotated_object(tmp_path: Path, fmt:
 
 def test_predict_reads_and_draws_photos_the_right_way_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """utils.predict: the network gets, and --vis draws on, the displayed picture; boxes are in its pixels."""
-    import core.predictor as predictor
+    import core.inference.predictor as predictor
     from utils.predict import main as predict_main
 
     paths = [_oriented_jpeg(tmp_path / "in" / f"o{o}.jpg", o) for o in (1, 3, 6, 8)]
@@ -185,7 +185,7 @@ def _png16(path: Path, values: np.ndarray, color_type: int) -> Path:
 
 
 def test_16_bit_pictures_are_scaled_to_8_bits_not_clipped(tmp_path: Path) -> None:
-    from core.predictor import to_pil
+    from core.inference.predictor import to_pil
 
     ramp = (np.arange(64, dtype=np.uint32) * 1024 + 0x80).astype(np.uint16)   # 8-bit value = column * 4
     values = np.tile(ramp, (8, 1))

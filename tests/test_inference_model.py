@@ -9,11 +9,11 @@ import timm
 import torch
 from torch import nn
 
-from core.config import load_config
+from core.config.loading import load_config
 from core.engine.inference import inference_model
 from symbol.builder import build_detector
-from symbol.fold_bn import fold_batchnorm
-from symbol.head.effdet_head import split_level_norms
+from core.engine.rewrites.fold_bn import fold_batchnorm
+from core.engine.rewrites.level_subnet import split_level_norms
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 
@@ -110,7 +110,7 @@ def test_head_level_norms_fold_into_per_level_convs(name: str) -> None:
     BatchNorm folded in, and runs the coarse levels together on one canvas; the outputs stay,
     whichever levels pack (none, the two or the three coarsest). Then no BatchNorm is left in
     the inference network, and its outputs match the training model's."""
-    from symbol.head.effdet_head import LevelSubNet
+    from core.engine.rewrites.level_subnet import LevelSubNet
 
     cfg = load_config(CONFIG_DIR / f"{name}.py", ["dataset.image_size=128"])
     model = build_detector(cfg, 3).eval()
@@ -134,7 +134,7 @@ def test_head_level_norms_fold_into_per_level_convs(name: str) -> None:
 def test_level_canvas_places_and_splits_exactly() -> None:
     """Maps placed on a LevelCanvas come back bit for bit, with ``gap`` zeros between them and zero
     elsewhere; a 3x3 conv over the canvas gives each map exactly its own zero-padded conv."""
-    from symbol.head.level_canvas import LevelCanvas
+    from core.engine.rewrites.level_canvas import LevelCanvas
 
     torch.manual_seed(0)
     maps = [torch.randn(2, 4, h, w) for h, w in [(16, 16), (8, 8), (4, 4), (3, 2)]]
@@ -159,7 +159,7 @@ def test_squeeze_excite_projections_keep_outputs() -> None:
     is refused."""
     from timm.models._efficientnet_blocks import SqueezeExcite
 
-    from symbol.squeeze_excite import PixelProjection, replace_excite_convs
+    from core.engine.rewrites.squeeze_excite import PixelProjection, replace_excite_convs
 
     torch.manual_seed(0)
     plain = timm.create_model("tf_efficientnet_b0", features_only=True, out_indices=[2, 3, 4]).eval()

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from torch import nn
 
-from core.convert import mxnet_ndarray
-from core.convert.mxnet_ndarray import MXNetFormatError, read_ndarray_file
-from core.convert.weights_file import WeightsFileError, read_weights
-from core.pretrain import load_backbone_weights, load_detector_weights
+from core.weights import mxnet_ndarray
+from core.weights.mxnet_ndarray import MXNetFormatError, read_ndarray_file
+from core.weights.weights_file import WeightsFileError, read_weights
+from core.weights.pretrain import load_backbone_weights, load_detector_weights
 from utils import param_surgery
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

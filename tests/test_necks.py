@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from core.anchors import AnchorGenerator
-from core.config import load_config
+from core.ops.anchors import AnchorGenerator
+from core.config.loading import config_from_dict, load_config
 from core.engine.trainer import build_optimizer
-from core.task import build_task
+from core.tasks.task import build_task
 from symbol.backbone.timm_backbone import TimmBackbone
 from symbol.builder import build_detector
 from symbol.detector import Detector
@@ -174,8 +174,20 @@ def test_retina_config_head_and_anchors() -> None:
 
 def test_effdet_head_default_is_separable() -> None:
     cfg = load_config(CONFIG_DIR / "effdet_b0.py")
-    assert cfg.head.separable is True
+    assert cfg.head.type == "effdet"
     assert build_detector(cfg, 90).head.class_net.separable
+
+
+def test_run_saved_before_retina_type_loads_as_retina() -> None:
+    """A checkpoint config from before ``head.type = "retina"`` (``effdet`` with ``separable = False``)
+    builds RetinaNet subnets again, and an old EfficientDet one its separable subnets."""
+    saved = load_config(CONFIG_DIR / "retina_r18_fpn.py").to_dict()
+    saved["head"] = {**saved["head"], "type": "effdet", "separable": False}
+    cfg = config_from_dict(saved, "old retina checkpoint")
+    assert cfg.head.type == "retina"
+    assert not build_detector(cfg, 3).head.class_net.separable
+    saved["head"] = {**saved["head"], "type": "effdet", "separable": True}
+    assert config_from_dict(saved, "old effdet checkpoint").head.type == "effdet"
 
 
 @pytest.mark.parametrize("name", NEW_CONFIGS)
@@ -204,7 +216,7 @@ def test_config_trains_a_few_steps(name: str) -> None:
 
 
 def test_keep_classes_on_a_plain_conv_retinanet_head() -> None:
-    from core.convert.surgery import keep_classes
+    from core.weights.surgery import keep_classes
 
     cfg = load_config(ROOT / "config" / "retina_r18_fpn.py")
     full = build_detector(cfg, 3).state_dict()

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from core.config import load_config
-from core.ensemble import TTAPlan, flip_inputs, weighted_boxes_fusion
-from core.predictor import Predictor
+from core.config.loading import load_config
+from core.inference.ensemble import TTAPlan, flip_inputs, weighted_boxes_fusion
+from core.inference.predictor import Predictor
 from core.engine.trainer import Trainer
 from conftest import synthetic_shapes_yaml
 

@@ -1,4 +1,4 @@
-"""Pretrained weights, parameter surgery and fine-tuning: core.pretrain, core.convert, utils.param_surgery.
+"""Pretrained weights, parameter surgery and fine-tuning: core.weights.pretrain, core.weights, utils.param_surgery.
 
 Fast checks first (file formats, conversions, loading reports, freezing), then three short
 training runs on generated shapes shared by the fine-tuning tests (module-scoped fixture).
@@ -14,15 +14,15 @@ import pytest
 import torch
 from torch import nn
 
-from core.checkpoint import load_checkpoint
-from core.config import load_config
-from core.convert import mxnet_ndarray
-from core.convert.common import ConversionError, compact_names
-from core.convert.layout import detect_layout
-from core.convert.lukemelas import lukemelas_to_timm
-from core.convert.mxnet_names import mxnet_to_torch, torch_to_mxnet
-from core.convert.weights_file import WeightsFileError, read_weights
-from core.pretrain import PretrainError, apply_pretrain, freeze, load_detector_weights, load_into
+from core.engine.checkpoint import load_checkpoint
+from core.config.loading import load_config
+from core.weights import mxnet_ndarray
+from core.weights.common import ConversionError, compact_names
+from core.weights.layout import detect_layout
+from core.weights.lukemelas import lukemelas_to_timm
+from core.weights.mxnet_names import mxnet_to_torch, torch_to_mxnet
+from core.weights.weights_file import WeightsFileError, read_weights
+from core.weights.pretrain import PretrainError, apply_pretrain, freeze, load_detector_weights, load_into
 from symbol.builder import build_detector
 from utils import param_surgery
 from conftest import synthetic_shapes_yaml
@@ -144,7 +144,7 @@ def test_torchvision_efficientnet_converts_to_timm() -> None:
     import timm
     import torchvision
 
-    from core.convert.torchvision_backbone import torchvision_to_timm
+    from core.weights.torchvision_backbone import torchvision_to_timm
 
     tv = torchvision.models.efficientnet_b0().eval()
     model = timm.create_model("efficientnet_b0").eval()
@@ -170,7 +170,7 @@ def test_effdet_converts_with_same_outputs(effdet_name: str, fpn_name: str | Non
     biases; its BiFPN fusion ``fpn_name`` when given) converted to DetLab's matching config gives
     the same raw class and box outputs."""
     effdet = pytest.importorskip("effdet")
-    from core.convert.effdet_ckpt import BOX_PERMUTATION, effdet_to_detlab
+    from core.weights.effdet_ckpt import BOX_PERMUTATION, effdet_to_detlab
 
     torch.manual_seed(0)
     size = 128
@@ -215,7 +215,7 @@ def test_effdet_converts_with_same_outputs(effdet_name: str, fpn_name: str | Non
 
 def _detlab_checkpoint(path: Path, config: str, class_names: list[str]) -> nn.Module:
     """A DetLab checkpoint as detection_train.py writes it (random weights, EMA a perturbed copy)."""
-    from core.checkpoint import save_checkpoint
+    from core.engine.checkpoint import save_checkpoint
 
     cfg = load_config(ROOT / config)
     model = build_detector(cfg, len(class_names))
@@ -255,7 +255,7 @@ def test_param_surgery_cli_mxnet_and_effdet(tmp_path: Path, capsys) -> None:
 
 
 def test_yolo_head_surgery() -> None:
-    from core.convert.surgery import head_type, keep_classes, strip_head
+    from core.weights.surgery import head_type, keep_classes, strip_head
 
     model = build_detector(load_config(ROOT / "config/yolov4_s.py"), 3)
     state = model.state_dict()

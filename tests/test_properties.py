@@ -23,7 +23,7 @@ from core.data.formats.voc import read_voc
 from core.data.formats.yolo import read_yolo
 from core.data.problems import PROBLEM_KINDS, Problem
 from core.data.spec import load_dataset_spec
-from core.postprocess import postprocess
+from core.ops.postprocess import postprocess
 
 W, H = 64, 48
 CLASSES = ["a", "b"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ConfigError, load_config
+from core.config.loading import ConfigError, load_config
 from core.engine.recipe import resolve_recipe
 from core.engine.trainer import Trainer
 from conftest import synthetic_shapes_yaml
@@ -99,7 +99,7 @@ def test_schedule_mult_scales_the_run(tmp_path: Path, capsys) -> None:
 
 
 def test_the_starting_weights_are_named() -> None:
-    from core.pretrain import starting_weights
+    from core.weights.pretrain import starting_weights
 
     demo = load_config(ROOT / "config/demo.py")
     assert starting_weights(demo) == (f"weights: backbone from {demo.pretrain.backbone_weights}; neck and head "

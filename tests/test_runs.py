@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
-from core.config import load_config
+from core.engine.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from core.config.loading import load_config
 from core.engine.run_folder import RESUME_FOLLOWS, RESUME_REFUSES, RunFolderError
 from core.engine.runtime import run_dir
 from core.engine.signals import TrainingInterrupted
@@ -218,7 +218,7 @@ def test_resume_refuses_another_setup_and_follows_the_rest(tiny_data: Path, tmp_
 
 def test_resume_field_lists_cover_every_field() -> None:
     from config import base
-    from core.config import _collect_sections
+    from core.config.loading import _collect_sections
 
     for section, fields in _collect_sections(base).items():
         for field in fields:
@@ -284,8 +284,8 @@ def test_resume_hint_repeats_the_whole_command_line(tiny_data: Path, tmp_path: P
 
 def test_disk_full_checkpoint_write_is_one_line_and_keeps_the_previous(tiny_data: Path, tmp_path: Path,
                                                                        monkeypatch, capsys) -> None:
-    import core.checkpoint
-    from core.cli import run_main
+    import core.engine.checkpoint
+    from core.engine.cli import run_main
 
     trainer = Trainer(config(tiny_data, tmp_path, "full"))
     trainer.fit()
@@ -295,7 +295,7 @@ def test_disk_full_checkpoint_write_is_one_line_and_keeps_the_previous(tiny_data
     def no_space(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(core.checkpoint.os, "fsync", no_space)
+    monkeypatch.setattr(core.engine.checkpoint.os, "fsync", no_space)
     for epoch in (1, 2):  # replacing a checkpoint, and writing a new one
         trainer.epoch = epoch
         with pytest.raises(CheckpointError) as err:
@@ -398,19 +398,19 @@ def test_best_checkpoint_and_patience(tiny_data: Path, tmp_path: Path, monkeypat
 def test_testing_the_newest_checkpoint_reads_it_once(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
     """detection_test.py without --epoch / --weights finds the newest checkpoint by reading and verifying
     it; the model is then loaded from that read, not from a second read and checksum of the file."""
-    import core.checkpoint
+    import core.engine.checkpoint
     from core.engine import tester
 
     cfg = config(tiny_data, tmp_path, "once")
     Trainer(cfg).fit()
     reads: list[Path] = []
-    real = core.checkpoint.load_checkpoint
+    real = core.engine.checkpoint.load_checkpoint
 
     def counting(path, *args, **kwargs):
         reads.append(Path(path))
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(core.checkpoint, "load_checkpoint", counting)
+    monkeypatch.setattr(core.engine.checkpoint, "load_checkpoint", counting)
     monkeypatch.setattr(tester, "load_checkpoint", counting)
     trained = tester.load_run_weights(cfg, None, None, torch.device("cpu"))
     assert reads == [tmp_path / "once" / "epoch_0001.pt"] and trained.source == reads[0]

@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from core.config import load_config
+from core.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from core.config.loading import load_config
 from conftest import synthetic_shapes_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,7 +105,7 @@ def assert_one_error_line(stderr: str, path: Path) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_load_checkpoint_and_read_weights_refuse(tmp_path: Path, marker: Path, kind: str) -> None:
-    from core.convert.weights_file import read_weights
+    from core.weights.weights_file import read_weights
 
     path = crafted(tmp_path, marker, kind)
     for load in (load_checkpoint, read_weights):
@@ -135,7 +135,7 @@ def test_detection_test_weights_refused(tmp_path: Path, marker: Path, tiny_data:
 @pytest.mark.parametrize("field", ["backbone_weights", "detector_weights"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_pretrain_fields_refuse(tmp_path: Path, marker: Path, model: nn.Module, field: str, kind: str) -> None:
-    from core.pretrain import apply_pretrain
+    from core.weights.pretrain import apply_pretrain
 
     path = crafted(tmp_path, marker, kind, model)
     cfg = load_config(DEMO, ["pretrain.backbone_weights=", "backbone.pretrained=False", f"pretrain.{field}={path}"])
@@ -192,8 +192,8 @@ def test_resume_refuses(tmp_path: Path, marker: Path, tiny_data: Path, model: nn
 def test_flags_set_the_config_field(tmp_path: Path, tiny_data: Path) -> None:
     """--allow-pickle of detection_train.py / detection_test.py is pretrain.allow_pickle; the field
     is typed (bool) like every other."""
-    from core.cli import config_parser, load_from_args
-    from core.config import ConfigError
+    from core.engine.cli import config_parser, load_from_args
+    from core.config.loading import ConfigError
 
     parser = config_parser("x")
     base = ["--config", str(DEMO), "--data", str(tiny_data)]
@@ -205,8 +205,8 @@ def test_flags_set_the_config_field(tmp_path: Path, tiny_data: Path) -> None:
 
 
 def test_opt_in_reads_pickled_files_with_a_warning(tmp_path: Path, model: nn.Module, capsys) -> None:
-    from core.convert.weights_file import read_weights
-    from core.pretrain import apply_pretrain
+    from core.weights.weights_file import read_weights
+    from core.weights.pretrain import apply_pretrain
 
     sd = model.state_dict()
     numpy_extra = _write({"state_dict": sd, "mean_rgb": np.array([0.5, 0.5, 0.5])}, tmp_path / "np.pth", "plain")
@@ -270,7 +270,7 @@ def test_predict_opt_in(tmp_path: Path, tiny_data: Path, capsys) -> None:
 def test_own_checkpoints_and_packaged_weights_need_no_opt_in(tmp_path: Path, tiny_data: Path, capsys) -> None:
     """What Trainer.state() writes (config, classes, RNG, optimizer, scaler, EMA) loads with
     weights_only=True; an old checkpoint with a numpy value resumes only with the opt-in."""
-    from core.convert.weights_file import read_weights
+    from core.weights.weights_file import read_weights
     from core.engine.trainer import Trainer
 
     assert read_weights(LITE0).tensors  # the pip-packaged ImageNet EfficientNet-Lite0 weights

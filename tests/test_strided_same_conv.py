@@ -6,7 +6,7 @@ import timm
 import torch
 from timm.layers.conv2d_same import Conv2dSame
 
-from symbol.strided_same_conv import StridedSameConv2d, replace_strided_same_convs
+from core.engine.rewrites.strided_same_conv import StridedSameConv2d, replace_strided_same_convs
 
 
 @pytest.mark.parametrize("kernel,groups", [(3, 1), (3, 8), (5, 8), (7, 2)])

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.checkpoint import list_checkpoints, load_checkpoint
-from core.config import load_config
+from core.engine.checkpoint import list_checkpoints, load_checkpoint
+from core.config.loading import load_config
 from core.engine.signals import StopSignals
 from core.engine.trainer import Trainer
 from conftest import synthetic_shapes_yaml

@@ -13,14 +13,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from core.config import load_config
-from core.confusion import confusion_matrix, detections_from_results, format_confusion, match_detections
+from core.config.loading import load_config
+from core.evaluation.confusion import confusion_matrix, detections_from_results, format_confusion, match_detections
 from core.data.dataset import DetectionDataset
 from core.data.records import ImageRecord
 from core.data.transforms import build_transform
-from core.postprocess import Detections
-from core.predictor import Predictor
-from core.tiling import TilePlan, merge_detections, tile_starts, tile_windows
+from core.ops.postprocess import Detections
+from core.inference.predictor import Predictor
+from core.inference.tiling import TilePlan, merge_detections, tile_starts, tile_windows
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,7 +73,7 @@ def squares_picture(width: int, height: int, boxes: list[list[int]]) -> Image.Im
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of each box of a [N, 4] with each of b [K, 4]."""
-    from core.confusion import pairwise_iou
+    from core.ops.iou import box_iou as pairwise_iou
 
     return pairwise_iou(np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4))
 
@@ -449,7 +449,7 @@ def tiled_vs_untiled(det: Predictor, root: Path) -> tuple[float, float]:
     """AP50 of untiled and tiled prediction on the val split under ``root``."""
     from core.data.spec import load_dataset_spec, read_split
     from core.engine.inference import coco_results
-    from core.evaluation import coco_ground_truth_from_records, evaluate
+    from core.evaluation.coco_eval import coco_ground_truth_from_records, evaluate
 
     spec = load_dataset_spec(root / "data.yaml")
     records = read_split(spec, "val")

@@ -1,5 +1,5 @@
 """YOLOv4 networks (CSP-Darknet, timm EfficientNet / ResNet backbones + SPPCSP / CSP-PAN + YOLO layers)
-against the parameter tables of seeds 000 / 001, and core.yolo's targets, loss and decoding."""
+against the parameter tables of seeds 000 / 001, and core.tasks.yolo's targets, loss and decoding."""
 from __future__ import annotations
 
 import math
@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from core.config import load_config
-from core.anchor_task import DetectionTask
-from core.task import build_task
-from core.yolo import YoloTask, build_targets, decode, gather_targets, split_layers
+from core.config.loading import load_config
+from core.tasks.anchor_task import DetectionTask
+from core.tasks.task import build_task
+from core.tasks.yolo import YoloTask, build_targets, decode, gather_targets, split_layers
 from symbol.builder import build_detector
 from conftest import synthetic_shapes_yaml
 
@@ -174,7 +174,7 @@ def _outputs(fill: float | None = None, seed: int = 0, scale: float = 1.0, size:
 def test_complete_iou_loss_equals_torchvision_on_ordinary_boxes() -> None:
     from torchvision.ops import complete_box_iou_loss
 
-    from core.yolo import complete_iou_loss
+    from core.tasks.yolo import complete_iou_loss
 
     g = torch.Generator().manual_seed(0)
     pred = torch.cat([torch.rand(500, 2, generator=g) * 4, 0.1 + torch.rand(500, 2, generator=g) * 5], 1)
@@ -189,7 +189,7 @@ def test_degenerate_predicted_box_gives_finite_loss_and_gradients() -> None:
     """The cause of the non-finite gradients seen in training: a predicted height below the float32
     resolution of its centre (logit -11 gives a height of ~1e-8 grid units) became 0 between the
     corners torchvision's CIoU takes, and its ``atan(w / h)`` had a NaN gradient."""
-    from core.yolo import complete_iou_loss
+    from core.tasks.yolo import complete_iou_loss
 
     pred = torch.tensor([[1.0, 1.0, 1e-8, 1e-8], [1.0, 1.0, 0.0, 0.0], [0.5, 0.5, 3.0, 0.0]], requires_grad=True)
     target = torch.tensor([[1.0, 1.0, 2.0, 3.0]] * 3)

@@ -1,6 +1,6 @@
 """Regenerate tests/fixtures/mxnet_small*.params with real MXNet. NOT part of DetLab's runtime or tests.
 
-DetLab reads and writes MXNet ``.params`` files with numpy alone (``core.convert.mxnet_ndarray``).
+DetLab reads and writes MXNet ``.params`` files with numpy alone (``core.weights.mxnet_ndarray``).
 This script records what MXNet itself writes, so that the tests can check the reader against
 MXNet's files and the writer byte for byte. It needs MXNet, which does not install next to
 DetLab's numpy 2; use a separate virtualenv (Python 3.11)::

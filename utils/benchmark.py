@@ -27,10 +27,10 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from core.config import load_config
-from core.engine.inference import compile_for_inference, inference_model
+from core.config.loading import load_config
+from core.engine.inference import compile_for_inference, detect_batch, inference_model
 from core.engine.runtime import autocast, seed_everything, select_device
-from core.task import build_task
+from core.tasks.task import build_task
 from symbol.builder import build_detector
 
 # Dense bf16 tensor-core peaks (vendor data sheets), matched against torch.cuda.get_device_name in
@@ -121,11 +121,10 @@ def detlab_fns(cfg, num_classes: int, device: torch.device, train_batch: int, pr
         loss.backward()
         optimizer.step()
 
-    @torch.no_grad()
-    def predict() -> None:
-        with autocast(device, precision):
-            outputs = predict_net(predict_x)
-        task.detect(outputs, predict_x)
+    predict_targets = [{"scale": 1.0, "orig_size": (size, size)}] * predict_batch
+
+    def predict() -> None:  # what the tester and the predictor run per batch, detections on the CPU
+        detect_batch(predict_net, task, predict_x, predict_targets, device, precision)
 
     return {"train": train, "predict": predict}, gflops
 

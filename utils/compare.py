@@ -78,7 +78,7 @@ def _number(value: Any) -> float | None:
 
 def _load_run_config(run_dir: Path) -> Any:
     """The run's resolved config from ``config.json`` (fields declared since get their defaults)."""
-    from core.config import config_from_dict
+    from core.config.loading import config_from_dict
 
     saved = json.loads((run_dir / "config.json").read_text())
     return config_from_dict(saved.get("sections", {}), source=str(saved.get("source", run_dir / "config.json")))
@@ -94,7 +94,7 @@ def _num_classes(cfg: Any, run_dir: Path | None) -> tuple[int, str]:
         pass
     if run_dir is not None:
         try:
-            from core.checkpoint import load_latest
+            from core.engine.checkpoint import load_latest
 
             found = load_latest(run_dir, warn=lambda _: None)
             if found is not None and found[0].get("class_names"):
@@ -138,8 +138,8 @@ def summarize_run(run_dir: str | Path, eval_times: dict[int, float] | None = Non
     """Everything the table says about one run folder (``config.json`` and ``log.jsonl``).
     ``eval_times`` maps an eval row's step to measured seconds since the run started; without it the
     times are estimated from the log (:func:`train_seconds`)."""
-    from core.config import is_auto
-    from core.plot import read_log
+    from core.config.loading import is_auto
+    from core.evaluation.plot import read_log
 
     run_dir = Path(run_dir)
     summary = RunSummary(name or run_dir.name, run_dir, config=config, status=status)
@@ -194,7 +194,7 @@ def run_name(config: str | Path, sets: Sequence[str]) -> str:
 
 def run_folder(config: str | Path, sets: Sequence[str], data: str | None) -> Path:
     """Where ``detection_train.py`` will write the run of ``config`` (its General.work_dir / run_name)."""
-    from core.config import load_config
+    from core.config.loading import load_config
 
     cfg = load_config(config, [s for s in sets if not s.startswith("General.name=")])
     return Path(cfg.General.work_dir) / run_name(config, sets)
@@ -418,7 +418,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-    from core.config import ConfigError
+    from core.config.loading import ConfigError
 
     out_dir = Path(args.out)
     for run in args.runs:

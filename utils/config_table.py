@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from core.config import load_config
+from core.config.loading import load_config
 from symbol.builder import build_detector
 
 ROOT = Path(__file__).resolve().parent.parent

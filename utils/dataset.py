@@ -88,7 +88,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _check_outputs(outputs: list[Path], src: Path, overwrite: bool, hint: str) -> None:
     """Refuse an output that is (or resolves to) ``src``, and an existing one unless ``overwrite``."""
     from core.data.records import DatasetError
-    from core.output_paths import refuse_existing, refuse_inputs
+    from core.engine.output_paths import refuse_existing, refuse_inputs
 
     refuse_inputs(outputs, [src], hint, DatasetError)
     refuse_existing(outputs, overwrite, hint, DatasetError)
@@ -101,7 +101,8 @@ def _write_json(data: dict, path: Path) -> None:
 
 def cmd_subset(args: argparse.Namespace) -> int:
     """Write the class subset of a COCO json."""
-    from core.data.convert import load_coco_json, subset_coco
+    from core.data.convert import subset_coco
+    from core.data.formats.coco import load_coco_json
 
     src = Path(args.src)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
@@ -115,7 +116,8 @@ def cmd_subset(args: argparse.Namespace) -> int:
 
 def cmd_split(args: argparse.Namespace) -> int:
     """Write train/val or K-fold COCO jsons."""
-    from core.data.convert import kfold_coco, load_coco_json, split_coco
+    from core.data.convert import kfold_coco, split_coco
+    from core.data.formats.coco import load_coco_json
 
     data = load_coco_json(Path(args.src))
     out_dir = Path(args.out_dir)
@@ -155,12 +157,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from core.config import load_config
+    from core.config.loading import load_config
     from core.data.loader import build_loader
     from core.data.sampler import sample_seed
     from core.engine.recipe import resolve_recipe
     from core.data.spec import load_dataset_spec, read_split
-    from core.visualize import draw_detections, save_grid
+    from core.inference.visualize import draw_detections, save_grid
 
     cfg = load_config(args.config, list(args.set) + [f"dataset.data={args.data}"])
     spec = load_dataset_spec(args.data)
@@ -190,7 +192,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; exit status 0 ok, 1 check found problems, 2 bad input."""
     args = _parser().parse_args(argv)
-    from core.config import ConfigError
+    from core.config.loading import ConfigError
     from core.data.records import DatasetError
 
     try:

@@ -6,13 +6,13 @@
 The ONNX graph is the network alone by default: input ``images`` float32 ``[B, 3, S, S]``
 (normalised as the config says), outputs ``class_logits_P3..`` and ``box_deltas_P3..`` for
 EfficientDet/RetinaNet heads (``[B, A*C, H_l, W_l]`` and ``[B, A*4, H_l, W_l]``) or ``yolo_P3..``
-for YOLO heads; anchors, decoding and NMS then stay in DetLab (``core.task``).
+for YOLO heads; anchors, decoding and NMS then stay in DetLab (``core.tasks.task``).
 
 ``--postprocess`` (batch 1) appends the post-processing to the
 graph: outputs ``boxes`` ``[K, 4]`` xyxy in input pixels, ``scores`` ``[K]`` and ``labels``
 ``[K]`` (int64 class indices), at most ``test.max_det_per_image`` detections, highest score
-first, with the config's ``test`` settings. It is the plain form of ``core.postprocess`` and
-``core.yolo.select_detections``: one ``TopK`` over all scores and ONNX's ``NonMaxSuppression``
+first, with the config's ``test`` settings. It is the plain form of ``core.ops.postprocess`` and
+``core.tasks.yolo.select_detections``: one ``TopK`` over all scores and ONNX's ``NonMaxSuppression``
 per class, where DetLab's own runs a faster CPU search; both keep the same detections (checked
 in ``tests/test_export.py``).
 """
@@ -28,10 +28,10 @@ from torch import nn
 
 from torchvision.ops import nms
 
-from core.cli import add_allow_pickle, run_main
-from core.config import load_config
+from core.engine.cli import add_allow_pickle, run_main
+from core.config.loading import load_config
 from core.engine.tester import load_trained
-from core.task import Task
+from core.tasks.task import Task
 
 
 class _FlatOutputs(nn.Module):
@@ -51,7 +51,7 @@ class _FlatOutputs(nn.Module):
 class _WithPostprocess(nn.Module):
     """The detector followed by its post-processing, for one ``[1, 3, S, S]`` image:
     ``forward(images) -> (boxes [K, 4] xyxy input pixels, scores [K], labels [K] int64)``.
-    ``task``: the model's task (``core.task.build_task``); its ``export_head`` gives the candidates."""
+    ``task``: the model's task (``core.tasks.task.build_task``); its ``export_head`` gives the candidates."""
 
     def __init__(self, model: nn.Module, task: Task, image_size: int):
         super().__init__()
@@ -80,7 +80,7 @@ def output_names(model: nn.Module, task: Task) -> list[str]:
 
 def export_onnx(model: nn.Module, task: Task, image_size: int, path: Path, batch: int = 1,
                 postprocess: bool = False) -> list[str]:
-    """Write ``model`` (eval mode; ``task`` its ``core.task.build_task``) to ``path`` as ONNX for
+    """Write ``model`` (eval mode; ``task`` its ``core.tasks.task.build_task``) to ``path`` as ONNX for
     ``[batch, 3, image_size, image_size]`` inputs; returns the output names. With ``postprocess``
     (``batch`` 1) the graph ends in its detections: ``boxes``, ``scores``, ``labels``."""
     model = model.eval()

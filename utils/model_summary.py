@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(__file__).resolve().parent.parent
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    from core.config import ConfigError, load_config
+    from core.config.loading import ConfigError, load_config
     from symbol.builder import build_detector
 
     try:

@@ -39,16 +39,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.checkpoint import CheckpointError, save_checkpoint
-from core.cli import add_allow_pickle
-from core.convert.common import Conversion, ConversionError, removed_lines
-from core.convert.effdet_ckpt import effdet_to_detlab
-from core.convert.layout import LAYOUTS, detect_layout
-from core.convert.mxnet_names import torch_to_mxnet
-from core.convert.mxnet_ndarray import write_ndarray_file
-from core.convert.surgery import head_type, keep_classes, strip_head
-from core.convert.weights_file import WeightsFile, read_weights
-from core.pretrain import backbone_conversion
+from core.engine.checkpoint import CheckpointError, save_checkpoint
+from core.engine.cli import add_allow_pickle
+from core.weights.common import Conversion, ConversionError, removed_lines
+from core.weights.effdet_ckpt import effdet_to_detlab
+from core.weights.layout import LAYOUTS, detect_layout
+from core.weights.mxnet_names import torch_to_mxnet
+from core.weights.mxnet_ndarray import write_ndarray_file
+from core.weights.surgery import head_type, keep_classes, strip_head
+from core.weights.weights_file import WeightsFile, read_weights
+from core.weights.pretrain import backbone_conversion
 
 SOURCES = ("auto", "mxnet") + LAYOUTS
 DETLAB_DROPPED = ("optimizer", "scaler", "rng")  # state that no longer fits the surgically changed weights
@@ -57,7 +57,7 @@ DETLAB_DROPPED = ("optimizer", "scaler", "rng")  # state that no longer fits the
 def _load_cfg(path: str | None) -> Any:
     if not path:
         return None
-    from core.config import load_config
+    from core.config.loading import load_config
 
     return load_config(path)
 
@@ -249,8 +249,8 @@ def write(args: argparse.Namespace, wf: WeightsFile, results: dict[str, dict[str
 
 def check_output(args: argparse.Namespace) -> None:
     """Refuse an OUT that is (or resolves to) IN, and an existing OUT unless ``--overwrite``."""
-    from core.convert.weights_file import WeightsFileError, resolve_weights_path
-    from core.output_paths import refuse_existing, refuse_inputs
+    from core.weights.weights_file import WeightsFileError, resolve_weights_path
+    from core.engine.output_paths import refuse_existing, refuse_inputs
 
     try:
         source = resolve_weights_path(args.input)

@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: no training log at {log}", file=sys.stderr)
             return 2
 
-    from core.plot import plot_runs, text_loss_bars
+    from core.evaluation.plot import plot_runs, text_loss_bars
 
     if args.text:
         for d in args.run_dirs:

@@ -19,7 +19,7 @@ y1, x2, y2] in pixels of the frame, ``score``, ``label``, ``category_id``, ``cla
 video's size and frame rate.
 
 --tile SIZE predicts overlapping SIZE x SIZE windows of each picture or frame at their own
-resolution and merges them (``core.tiling``): for pictures much larger than the network input,
+resolution and merges them (``core.inference.tiling``): for pictures much larger than the network input,
 with objects that would be a few pixels across once the whole picture is shrunk to it.
 
 Outputs that already exist are refused before the model loads unless --overwrite; each is written
@@ -120,7 +120,7 @@ class Progress:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
-    from core.cli import add_allow_pickle
+    from core.engine.cli import add_allow_pickle
 
     ap = argparse.ArgumentParser(prog="python -m utils.predict", description=__doc__.split("\n")[0])
     ap.add_argument("images", nargs="+", metavar="INPUTS", help="picture or video files, folders or glob patterns")
@@ -165,13 +165,13 @@ def add_tile_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def tile_plan(args: argparse.Namespace):
-    """The ``core.tiling.TilePlan`` of the --tile arguments, or None without --tile; ValueError when
+    """The ``core.inference.tiling.TilePlan`` of the --tile arguments, or None without --tile; ValueError when
     they are out of range or given without --tile."""
     if args.tile is None:
         if args.tile_full or args.tile_merge != "nms" or args.overlap != 0.2:
             raise ValueError("--overlap, --tile-merge and --tile-full need --tile SIZE")
         return None
-    from core.tiling import TilePlan
+    from core.inference.tiling import TilePlan
 
     return TilePlan(args.tile, args.overlap, args.tile_merge, args.tile_full)
 
@@ -179,8 +179,8 @@ def tile_plan(args: argparse.Namespace):
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; exit status 2 for bad input."""
     args = parse_args(argv)
-    from core.checkpoint import CheckpointError
-    from core.config import ConfigError
+    from core.engine.checkpoint import CheckpointError
+    from core.config.loading import ConfigError
 
     try:
         return run(args)
@@ -200,8 +200,8 @@ def run(args: argparse.Namespace) -> int:
     video_outputs = [(video_dir / f"{name}.jsonl", video_dir / f"{name}_detections.mp4")
                      for name in _vis_names(videos, "")]
     refuse_existing(planned_outputs(args, paths, videos, video_outputs), args.overwrite)
-    from core.ensemble import TTAPlan
-    from core.predictor import Predictor
+    from core.inference.ensemble import TTAPlan
+    from core.inference.predictor import Predictor
 
     tta = TTAPlan.parse(args.tta) if args.tta else None
     tiling = getattr(args, "tiling", None)
@@ -237,9 +237,9 @@ def refuse_existing(planned: Sequence[Path], overwrite: bool) -> None:
 def predict_pictures(args: argparse.Namespace, det, paths: Sequence[Path], tta, tiling) -> None:
     """Predict the pictures; write the json (--out) and the drawings (--vis)."""
     from core.engine.tester import write_json
-    from core.evaluation import to_coco_results
-    from core.predictor import to_pil
-    from core.visualize import draw_detections
+    from core.evaluation.coco_eval import to_coco_results
+    from core.inference.predictor import to_pil
+    from core.inference.visualize import draw_detections
 
     results: list[dict] = []
     vis_dir = Path(args.vis) if args.vis else None
@@ -295,7 +295,7 @@ def predict_video(args: argparse.Namespace, det, path: Path, jsonl: Path, annota
     import numpy as np
     from PIL import Image
 
-    from core.visualize import draw_detections
+    from core.inference.visualize import draw_detections
 
     cv2 = _cv2()
     for target in (jsonl, annotated):

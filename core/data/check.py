@@ -8,7 +8,6 @@ refuses a broken dataset with the report, or drops the spoiled records when aske
 """
 from __future__ import annotations
 
-import json
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .records import DatasetError, ImageRecord
+from .formats.coco import load_coco_json
 from .problems import UNREADABLE_IMAGE, Problem
 from .spec import DatasetSpec, read_split
 
@@ -160,8 +160,8 @@ def paths_leaving_root(spec: DatasetSpec, split: str) -> list[str]:
     lines: list[str] = []
     if spec.format == "coco":
         try:
-            images = json.loads(s.annotations.read_text()).get("images")
-        except (OSError, ValueError, AttributeError):
+            images = load_coco_json(s.annotations)["images"]
+        except DatasetError:
             return []
         for i, im in enumerate(images if isinstance(images, list) else []):
             if isinstance(im, dict) and isinstance(im.get("file_name"), str):

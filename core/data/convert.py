@@ -21,10 +21,11 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
-from core.output_paths import real, refuse_existing, refuse_inputs
+from core.engine.output_paths import real, refuse_existing, refuse_inputs
 
 from .records import DatasetError, ImageRecord
 from .formats import FORMATS
+from .formats.coco import load_coco_json
 from .spec import DatasetSpec, read_split
 
 COORD_DECIMALS = 6   # pixel coordinates (COCO, VOC)
@@ -141,7 +142,7 @@ def ignored_annotations(spec: DatasetSpec, split: str) -> int:
     the chosen classes, VOC ``difficult`` objects (YOLO has neither)."""
     s = spec.splits[split]
     if spec.format == "coco":
-        data = json.loads(s.annotations.read_text())
+        data = load_coco_json(s.annotations)
         chosen = set(spec.category_ids)
         return sum(1 for a in data.get("annotations", []) if a.get("iscrowd", 0) == 1 and a.get("category_id") in chosen)
     if spec.format == "voc":
@@ -262,22 +263,6 @@ def convert_dataset(spec: DatasetSpec, to: str, out_dir: Path, images: str = "li
 
 
 # ----------------------------------------------------------------------------- COCO subsets and splits
-
-
-def load_coco_json(path: Path) -> dict:
-    """A COCO json as a dict, checked for its ``images``, ``annotations`` and ``categories`` lists."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found; check the path") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list)
-                                             for k in ("images", "annotations", "categories")):
-        raise DatasetError(f"{path}: not a COCO detection json; it needs 'images', 'annotations' and "
-                           f"'categories' lists")
-    return data
 
 
 def _with_images(data: dict, image_ids: set) -> dict:

@@ -25,13 +25,13 @@ Readers are strict or collecting (see ``core.data.problems``): :func:`read_split
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from core.config.schema import nearest_name
 from core.data.formats import FORMATS
 from core.data.problems import Problem
 from core.data.records import DatasetError, ImageRecord
@@ -71,8 +71,8 @@ class DatasetSpec:
 
 
 def _nearest(key: str, valid: tuple[str, ...] | list[str]) -> str:
-    match = difflib.get_close_matches(str(key), list(valid), n=1, cutoff=0.0)
-    hint = f"did you mean '{match[0]}'? " if match else ""
+    near = nearest_name(key, valid)
+    hint = f"did you mean '{near}'? " if near else ""
     return f"{hint}valid keys: {', '.join(valid)}"
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .augment import MIN_KEEP_FRACTION, MIN_SIDE, PhotometricConfig, photometric, rand as _rand
+from .augment import MIN_KEEP_FRACTION, MIN_SIDE, PhotometricConfig, filter_boxes, photometric, rand as _rand
 
 __all__ = ["DetectionTransform", "build_transform", "MIN_KEEP_FRACTION", "MIN_SIDE"]
 
@@ -87,9 +87,7 @@ class DetectionTransform:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
             boxes = np.stack([cw - boxes[:, 2], boxes[:, 1], cw - boxes[:, 0], boxes[:, 3]], axis=1)
 
-        bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        keep = (bw >= MIN_SIDE) & (bh >= MIN_SIDE) & (bw * bh >= MIN_KEEP_FRACTION * area0)
-        boxes, labels = boxes[keep].astype(np.float32), labels[keep]
+        boxes, labels = filter_boxes(boxes, labels, area0)
 
         if self.photometric is not None:
             image = photometric(image, self.photometric, gen)
@@ -134,7 +132,7 @@ def build_transform(image_size: int, mean: Sequence[float], std: Sequence[float]
     ``tile`` (training only; ``dataset.tile``; 0 = off): first cut a random ``tile`` x ``tile``
     window of the original picture (:func:`random_tile`; pictures no larger than the tile are left
     whole), so a model trained at ``image_size = tile`` sees large pictures at their own
-    resolution, as tiled prediction (``core.tiling``) shows them. Boxes are clipped to the window
+    resolution, as tiled prediction (``core.inference.tiling``) shows them. Boxes are clipped to the window
     and dropped by the same rule, their area compared with the uncut box's.
     """
     return DetectionTransform(image_size, mean, std, train, hflip_prob, scale_range, generator, photometric, tile)

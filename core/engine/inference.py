@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import sys
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 import torch._inductor.config
@@ -13,13 +13,14 @@ from tqdm import tqdm
 
 from core.data.loader import start_workers
 from core.engine.runtime import autocast
-from core.evaluation import EvalResult, evaluate, to_coco_results
-from core.postprocess import Detections, detections_to_cpu
-from core.task import Task
-from symbol.fold_bn import fold_batchnorm
-from symbol.head.effdet_head import split_level_norms
-from symbol.squeeze_excite import replace_excite_convs
-from symbol.strided_same_conv import replace_strided_same_convs
+from core.evaluation.coco_eval import EvalResult, evaluate, to_coco_results
+from core.inference.ensemble import flip_inputs, unflip_boxes
+from core.ops.postprocess import Detections, detections_to_cpu
+from core.tasks.task import Task
+from core.engine.rewrites.fold_bn import fold_batchnorm
+from core.engine.rewrites.level_subnet import split_level_norms
+from core.engine.rewrites.squeeze_excite import replace_excite_convs
+from core.engine.rewrites.strided_same_conv import replace_strided_same_convs
 
 
 def inference_model(model: nn.Module, device: torch.device, compile_model: bool = False) -> nn.Module:
@@ -27,15 +28,16 @@ def inference_model(model: nn.Module, device: torch.device, compile_model: bool 
     eval mode, channels_last, with BatchNorm folded into the convolutions that feed it (a new
     module; ``model`` is only moved to ``device`` and set to eval, its weights stay; the
     EfficientDet head's per-level norms fold into per-level copies of its convs, its coarse levels
-    share one canvas: ``symbol.head.effdet_head.LevelSubNet``), TF-SAME stride-2
-    convolutions without a padded copy (``symbol.strided_same_conv``); when ``compile_model``
+    share one canvas: ``core.engine.rewrites.level_subnet.LevelSubNet``), TF-SAME stride-2
+    convolutions without a padded copy (``core.engine.rewrites.strided_same_conv``); when ``compile_model``
     (``General.compile``), squeeze-excite projections as fusable products
-    (``symbol.squeeze_excite``) and compiled by :func:`compile_for_inference`. Outputs equal the
+    (``core.engine.rewrites.squeeze_excite``) and compiled by :func:`compile_for_inference`. Outputs equal the
     plain eval-mode model's to float rounding: the folding is checked on one small random input
-    when built (``symbol.fold_bn``); the other rewrites are exact copies, checked by the tests."""
+    when built (``core.engine.rewrites.fold_bn``); the other rewrites are exact copies, checked by the tests."""
     model = model.to(device, memory_format=torch.channels_last).eval()
     side = max(128, 2 ** max(model.levels))  # the coarsest level still has a pixel
-    example = torch.randn(1, 3, side, side, device=device).to(memory_format=torch.channels_last)
+    example = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0))  # leaves the global RNG be
+    example = example.to(device, memory_format=torch.channels_last)
     network = copy.deepcopy(model)
     split_level_norms(network)  # head norms folded per level; coarse levels on one canvas
     replace_strided_same_convs(network)  # TF-SAME stride-2 convs without a padded copy of their input
@@ -62,6 +64,27 @@ def compile_for_inference(network: nn.Module, device: torch.device) -> nn.Module
 
 
 @torch.no_grad()
+def detect_batch(model: nn.Module, task: Task, images: torch.Tensor, targets: Sequence[dict[str, Any]],
+                 device: torch.device, precision: str = "fp32", flip: bool = False) -> list[Detections]:
+    """Detections of one padded batch ``images [B, 3, S, S]`` (as ``core.data.transforms`` makes it),
+    boxes xyxy in *original* image pixels, on the CPU: the network, the task's decoding, then each
+    picture's boxes scaled back by its target's ``scale`` and clipped to its ``orig_size``. ``flip``:
+    run on the mirrored pictures and mirror the boxes back (test-time augmentation). Every inference
+    path (training-time evaluation, ``detection_test.py``, the predictor, the benchmark) runs this."""
+    widths = [max(1, round(t["orig_size"][1] * t["scale"])) for t in targets] if flip else []
+    x = flip_inputs(images, widths) if flip else images
+    x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
+    with autocast(device, precision):
+        outputs = model(x)
+    out = []
+    for k, (det, t) in enumerate(zip(detections_to_cpu(task.detect(outputs, x)), targets)):
+        if flip:
+            det = Detections(unflip_boxes(det.boxes, float(widths[k])), det.scores, det.labels)
+        out.append(det.rescale(t["scale"], t["orig_size"]))
+    return out
+
+
+@torch.no_grad()
 def predict_batches(model: nn.Module, task: Task, batches: Iterable[tuple[torch.Tensor, list[dict]]],
                     device: torch.device, precision: str = "fp32",
                     progress: bool = False) -> dict[int, Detections]:
@@ -78,11 +101,8 @@ def predict_batches(model: nn.Module, task: Task, batches: Iterable[tuple[torch.
     bar = tqdm(batches, desc="eval", total=total, disable=not (progress and sys.stderr.isatty()), leave=False,
                file=sys.stderr)
     for images, targets in bar:
-        images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
-        with autocast(device, precision):
-            outputs = model(images)
-        for det, t in zip(detections_to_cpu(task.detect(outputs, images)), targets):
-            out[t["image_id"]] = det.rescale(t["scale"], t["orig_size"])
+        for det, t in zip(detect_batch(model, task, images, targets, device, precision), targets):
+            out[t["image_id"]] = det
     return out
 
 

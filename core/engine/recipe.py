@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.config import Config, is_auto
+from core.config.loading import Config, is_auto
 
 LONG_RUN_STEPS = 10_000  # above this, SGD (as ultralytics' optimizer=auto)
 BATCH, SMALL_BATCH, MIN_EPOCH_STEPS = 8, 4, 16  # auto batch: 8 per process, down to 4 below 16 steps an epoch

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.config import ConfigError
+from core.config.loading import ConfigError
 
 
 def select_device(name: str) -> torch.device:

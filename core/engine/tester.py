@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.anchor_fit import use_trained_anchors
-from core.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, load_latest
-from core.config import Config
+from core.tasks.anchor_fit import use_trained_anchors
+from core.engine.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, load_latest
+from core.config.loading import Config
 from core.engine.inference import inference_model
 from core.engine.runtime import run_dir
-from core.task import Task, build_task
+from core.tasks.task import Task, build_task
 from symbol.builder import build_detector
 
 
@@ -63,7 +63,7 @@ def _find_weights(cfg: Config, epoch: int | None, weights: str | None) -> tuple[
 def load_trained(cfg: Config, path: Path, device: torch.device, state: dict | None = None) -> TrainedModel:
     """Build ``cfg``'s network for the checkpoint's classes and load its weights (EMA when saved).
     ``state`` is the checkpoint at ``path`` when the caller has read it already; else it is read
-    with ``cfg.pretrain.allow_pickle`` (see :func:`core.checkpoint.load_checkpoint`)."""
+    with ``cfg.pretrain.allow_pickle`` (see :func:`core.engine.checkpoint.load_checkpoint`)."""
     if state is None:
         state = load_checkpoint(path, map_location="cpu", allow_pickle=cfg.pretrain.allow_pickle)
     class_names = state.get("class_names")

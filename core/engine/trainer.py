@@ -16,24 +16,24 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm import tqdm
 
-from core.anchor_check import check_anchors
-from core.checkpoint import (CheckpointError, PickleRequiredError, checkpoint_path, list_checkpoints,
+from core.tasks.anchor_check import check_anchors
+from core.engine.checkpoint import (CheckpointError, PickleRequiredError, checkpoint_path, list_checkpoints,
                              load_checkpoint, load_latest, save_checkpoint)
-from core.config import Config, ConfigError
+from core.config.loading import Config, ConfigError
 from core.data.check import load_checked_records
 from core.data.loader import build_loader, start_workers
 from core.data.spec import DatasetSpec, load_dataset_spec
 from core.engine import distributed
 from core.engine.recipe import read_saved_config, resolve_recipe
-from core.engine.inference import evaluate_detections, predict_batches
+from core.engine.inference import evaluate_detections, inference_model, predict_batches
 from core.engine.run_folder import RunFolderError, claim_run_folder, clear_run, config_changes, resume_command
 from core.engine.runtime import (autocast, check_precision, needs_grad_scaler, run_dir, seed_everything,
                                  select_device)
-from core.evaluation import STAT_NAMES, coco_ground_truth
-from core.schedule import apply_mult, lr_factor
+from core.evaluation.coco_eval import STAT_NAMES, coco_ground_truth
+from core.engine.schedule import apply_mult, lr_factor
 from core.engine.signals import StopNow, StopSignals, TrainingInterrupted
-from core.pretrain import apply_pretrain, starting_weights
-from core.task import build_task
+from core.weights.pretrain import apply_pretrain, starting_weights
+from core.tasks.task import build_task
 from symbol.builder import build_detector
 
 TENSORBOARD_DIR = "tensorboard"  # TensorBoard event files, next to log.jsonl
@@ -255,7 +255,7 @@ class Trainer:
         in ``core.engine.run_folder`` (``RESUME_REFUSES`` / ``RESUME_FOLLOWS``)."""
         refused, followed = [], []
         if isinstance(state.get("config"), dict):
-            from core.config import config_from_dict
+            from core.config.loading import config_from_dict
 
             saved = config_from_dict(state["config"], str(path)).to_dict()  # fields declared since: defaults
             refused, followed = config_changes(saved, self.cfg.to_dict())
@@ -314,7 +314,7 @@ class Trainer:
 
         from core.data.dataset import load_image
         from core.data.records import DatasetError
-        from core.visualize import draw_detections
+        from core.inference.visualize import draw_detections
 
         for rec in self.val_records[:TENSORBOARD_IMAGES]:
             det = detections.get(rec.image_id)
@@ -402,7 +402,7 @@ class Trainer:
                 self.epoch += 1
                 stats = self._end_epoch(stop) or stats
         if self.dist.is_main:
-            from core.plot import plot_runs
+            from core.evaluation.plot import plot_runs
 
             plot_runs([self.out], self.out / "curves.png")
             if getattr(self, "_tb_writer", None):
@@ -639,9 +639,10 @@ class Trainer:
         """COCO metrics of the EMA (or plain) weights on the val split (``batches`` from the val loader,
         by default the loader itself), computed by every process on its share of the images and scored
         on rank 0; logged and returned there ({} elsewhere)."""
-        model = self.ema.module if self.ema else self.model
+        model = self.ema.module if self.ema else getattr(self.model, "module", self.model)
         batches = self.val_loader if batches is None else batches
-        detections = predict_batches(model, self.task, batches, self.device, self.cfg.General.precision)
+        network = inference_model(model, self.device)  # the form detection_test.py runs; model keeps its weights
+        detections = predict_batches(network, self.task, batches, self.device, self.cfg.General.precision)
         detections = distributed.gather_to_main(detections, self.dist)
         if not self.dist.is_main:
             return {}

@@ -19,7 +19,7 @@ from symbol.registry import BACKBONES
 
 class TimmBackbone(nn.Module):
     """Wraps ``timm.create_model(name, features_only=True)`` with fresh weights (building never loads
-    pretrained ones: ``core.pretrain`` does that when a run starts).
+    pretrained ones: ``core.weights.pretrain`` does that when a run starts).
 
     ``forward(images [B, 3, H, W]) -> list`` of feature maps, one per requested level
     (stride ``2**level``), finest first. ``channels`` and ``levels`` describe them.

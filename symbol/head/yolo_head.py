@@ -3,7 +3,7 @@
 ``forward(list of [B, C_l, H_l, W_l]) -> list of [B, A_l * (5 + num_classes), H_l, W_l]`` raw
 outputs, finest first. Channel ``a * (5 + C) + k`` is anchor ``a``'s output ``k``: 0-3 box
 (``tx, ty, tw, th``), 4 objectness logit, 5.. class logits. Decoding (sigmoid, grid, anchors) and
-the loss live in ``core.yolo``; the head knows only how many anchors each level has.
+the loss live in ``core.tasks.yolo``; the head knows only how many anchors each level has.
 """
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def _coco_category_ids(spec: Any) -> tuple[list[str], list[int]]:
         raise DatasetError(f"{first}: annotation file not found (from {spec.path}); check the 'annotations' "
                            f"fields and 'root' ({spec.root})")
     smallest = min(existing, key=lambda p: p.stat().st_size)
-    cats = coco.coco_categories(coco.load_json(smallest))
+    cats = coco.coco_categories(coco.load_coco_json(smallest), smallest)
     return coco.resolve_coco_classes(spec.class_names, cats, smallest, spec.path)
 
 

@@ -13,12 +13,15 @@ from core.data.problems import (MALFORMED, MAX_IMAGE_SIDE, UNKNOWN_CLASS, UNREAD
 from core.data.records import DatasetError, ImageRecord
 
 
-def load_json(path: Path) -> dict:
+def load_coco_json(path: Path) -> dict:
+    """A COCO json as a dict, checked for its ``images``, ``annotations`` and ``categories`` lists;
+    DatasetError naming the file and the fix otherwise."""
+    path = Path(path)
     try:
         with open(path) as f:
             data = json.load(f)
     except FileNotFoundError:
-        raise DatasetError(f"{path}: annotation file not found; check the split's 'annotations' field") from None
+        raise DatasetError(f"{path}: file not found; check the path (a dataset YAML's split 'annotations' field)") from None
     except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, ints over 4300 digits
         raise DatasetError(f"{path}: not valid JSON ({e}); regenerate or fix the file") from None
     if not isinstance(data, dict):
@@ -27,7 +30,6 @@ def load_json(path: Path) -> dict:
         if not isinstance(data.get(key), list):
             raise DatasetError(f"{path}: missing or non-list field '{key}'; a COCO file needs "
                                f"'images', 'annotations' and 'categories' lists")
-    data["__path__"] = path
     return data
 
 
@@ -40,13 +42,13 @@ def _fields(entry: Any, keys: tuple[str, ...], where: str) -> list:
     return [entry[k] for k in keys]
 
 
-def coco_categories(data: dict) -> list[tuple[int, str]]:
-    """(id, name) of the json's categories, sorted by id; ids must be distinct integers and names
-    distinct non-empty strings."""
+def coco_categories(data: dict, path: Path) -> list[tuple[int, str]]:
+    """(id, name) of the categories of ``data`` (the COCO json read from ``path``), sorted by id; ids
+    must be distinct integers and names distinct non-empty strings."""
     cats: list[tuple[int, str]] = []
     first: dict[Any, int] = {}
     for i, c in enumerate(data["categories"]):
-        where = f"{data['__path__']}: categories[{i}]"
+        where = f"{path}: categories[{i}]"
         cid, name = _fields(c, ("id", "name"), where)
         if not isinstance(cid, int) or isinstance(cid, bool):
             raise DatasetError(f"{where}: 'id' must be an integer, got {cid!r}; fix it")
@@ -95,8 +97,8 @@ def read_coco(ann_file: Path, image_dir: Path, class_names: list[str], category_
     sink = ProblemSink(problems)
     ann_file = Path(ann_file)
     try:
-        data = load_json(ann_file)
-        cats = dict(coco_categories(data))
+        data = load_coco_json(ann_file)
+        cats = dict(coco_categories(data, ann_file))
     except DatasetError as err:
         if problems is None:
             raise

@@ -1,0 +1,61 @@
+"""Command-line plumbing shared by the scripts: config loading with overrides, one-line errors."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from core.config.loading import Config, ConfigError, load_config
+
+
+def config_parser(description: str) -> argparse.ArgumentParser:
+    """A parser with ``--config``, ``--set Section.field=value`` (repeatable), ``--data FILE.yaml`` and
+    ``--allow-pickle`` (= ``pretrain.allow_pickle = True``)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help="experiment module, e.g. config/effdet_b0.py")
+    parser.add_argument("--set", action="append", default=[], metavar="Section.field=value",
+                        help="override a config field (repeatable)")
+    parser.add_argument("--data", help="dataset YAML replacing dataset.data")
+    add_allow_pickle(parser)
+    return parser
+
+
+def add_allow_pickle(parser: argparse.ArgumentParser) -> None:
+    """``--allow-pickle``: the one opt-in to reading weights files that need full unpickling."""
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="read weights files that need full unpickling (numpy objects, whole pickled modules); "
+                             "unpickling can run code, so only for files you trust (= pretrain.allow_pickle = True)")
+
+
+def load_from_args(args: argparse.Namespace) -> Config:
+    """The config named by ``args.config`` with ``--set`` and ``--data`` applied, its values checked."""
+    from core.config.checks import check_values
+
+    overrides = list(args.set)
+    if args.data:
+        overrides.append(f"dataset.data={args.data}")
+    if getattr(args, "allow_pickle", False):
+        overrides.append("pretrain.allow_pickle=True")
+    cfg = load_config(args.config, overrides)
+    check_values(cfg)
+    return cfg
+
+
+def run_main(main: Callable[[], int | None]) -> None:
+    """Run ``main``; user errors (bad config, dataset, checkpoint, run folder) exit 2 with one clear line."""
+    from core.engine.checkpoint import CheckpointError
+    from core.data.records import DatasetError
+    from core.engine.run_folder import RunFolderError
+    from core.engine.signals import TrainingInterrupted
+
+    try:
+        sys.exit(main() or 0)
+    except (ConfigError, DatasetError, CheckpointError, RunFolderError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except TrainingInterrupted as err:
+        print(str(err), file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
