@@ -2,10 +2,19 @@
 
 The defaults describe EfficientDet-D0 (EfficientNet-B0 + 3 BiFPN layers of 64 channels,
 512x512 input) trained with the paper's recipe scaled to a small batch. An experiment module
-such as ``config/effdet_b2.py`` overrides only what differs. A field not declared here is an
-error (see ``core.config.loading``).
+such as ``config/effdet_b2.py`` overrides only what differs. A field not declared here, or by a
+registered part, is an error (see ``core.config.loading``).
+
+A field that only one backbone, neck, head or head family reads is declared next to that part's
+code, in the options class it registers with (``symbol/neck/yolo_pan.py``: ``pan_channels``,
+``pan_repeats``; ``core/tasks/yolo.py``: the ``loss.yolo_*`` gains); ``options=`` below joins them
+to their section, where experiments and ``--set`` use them like the fields declared here.
 """
+import core.tasks.task  # noqa: F401  (registers the head families' tasks and their loss options)
+import symbol.builder  # noqa: F401  (registers every backbone, neck and head, and their options)
 from core.config.schema import Auto, Section
+from core.tasks.registry import TASKS
+from symbol.registry import BACKBONES, HEADS, NECKS
 
 
 class General(Section):
@@ -84,7 +93,7 @@ class augment(Section):
     cutmix_prob = 0.0            # probability of pasting a random rectangle of another sample (CutMix)
 
 
-class backbone(Section):
+class backbone(Section, options=BACKBONES):  # + each backbone's own options (its file)
     type = "timm"
     name = "tf_efficientnet_b0"  # any timm model with features_only support
     out_levels = [3, 4, 5]       # pyramid levels taken from the backbone (stride 2**level)
@@ -92,30 +101,20 @@ class backbone(Section):
     pretrained = True            # start from timm's ImageNet weights for name, when timm has them and no pretrain
                                  # weights are given: from timm's cache, else downloaded when the run starts
                                  # (building never loads them); False = a deliberate from-scratch run
-    head_conv = 0                # timm: 1x1 conv+BN+swish on the coarsest map to this many channels (EfficientNet's
-                                 # conv_head, 1280 x width, as the YOLOv4-EfficientNet tables); 0 = none
-    depth_multiple = 1.0         # csp_darknet: block repeats x this, rounded, >= 1 (YOLOv4-L 1.0, YOLOv4-S 0.33)
-    width_multiple = 1.0         # csp_darknet: widths x this, rounded up to a multiple of 8 (YOLOv4-L 1.0, -S 0.5)
 
 
-class neck(Section):
+class neck(Section, options=NECKS):  # + each neck's own options (its file)
     type = "bifpn"
     channels = 64                # W_bifpn = 64 * 1.35**phi, rounded as in the paper
     repeats = 3                  # D_bifpn = 3 + phi
     min_level = 3
     max_level = 7                # P6, P7 are made from P5 by 1x1 conv + max-pool
     padding = "same"             # "same" = TensorFlow SAME (as in google/automl); "" = symmetric
-    fusion = "fast"              # bifpn: how a node weighs its inputs: "fast" (normalized learned weights, EfficientDet),
-                                 # "softmax" (softmax of learned weights), "sum" (no weights, EfficientDet-Lite)
-    activation = "swish"         # bifpn: after each fusion; "swish", "relu6" (EfficientDet-Lite) or "relu"
-    pan_channels = 512           # yolo_pan: SPPCSP / top-level width; each finer level has half (YOLOv4-L 512, -S 256)
-    pan_repeats = 2              # yolo_pan: bottlenecks in each BottleneckCSP2 of the PAN (YOLOv4-L 2, -S 1)
 
 
-class head(Section):
+class head(Section, options=HEADS):  # + each head's own options (its file)
     type = "effdet"              # effdet (EfficientDet subnets) | retina (RetinaNet subnets) | yolo
     repeats = 3                  # D_class = 3 + floor(phi / 3)
-    activation = "swish"         # effdet head: "swish", "relu6" (EfficientDet-Lite) or "relu"; retina: always ReLU
 
 
 class anchors(Section):
@@ -129,18 +128,8 @@ class anchors(Section):
                                  # scale / aspect_ratios (effdet heads) or yolo (yolo heads) and says so
 
 
-class loss(Section):
-    focal_alpha = 0.25
-    focal_gamma = 1.5
-    huber_delta = 0.1            # box loss: Huber on encoded offsets (core.ops.box_coder), as EfficientDet
-    box_loss_weight = 50.0
-    match_iou = 0.5              # anchors with IoU >= match_iou to a box are positives
-    ignore_iou = 0.4             # anchors with ignore_iou <= IoU < match_iou are ignored
-    yolo_box_weight = 0.05       # yolo: CIoU box loss gain (x 3 / output layers)
-    yolo_obj_weight = 1.0        # yolo: objectness BCE gain at 640 px (x (input / 640)**2 x 3 / output layers)
-    yolo_cls_weight = 0.5        # yolo: class BCE gain (x num_classes / 80 x 3 / output layers)
-    yolo_anchor_t = 4.0          # yolo: a box matches an anchor when its w and h are within this factor of it
-    yolo_obj_balance = [4.0, 1.0, 0.4]  # yolo: objectness weight per output layer, finest first
+class loss(Section, options=TASKS):
+    """The training loss: its fields are the head families' own (core/tasks/anchor_task.py, core/tasks/yolo.py)."""
 
 
 class test(Section):

@@ -1,6 +1,7 @@
 """Adding a part touches its own code, one registration and a config: a toy backbone, neck and head are
 registered here (nothing in the project is edited), named by a config module, and trained; a toy
-dataset format is one entry in ``core.data.formats.FORMATS``.
+dataset format is one entry in ``core.data.formats.FORMATS``. The toy backbone and neck declare their
+own options with their registration, and the config module sets them like any other field.
 
 The head reuses the anchor-based family's loss and decoding by subclassing its task; a head with its
 own loss would implement the same methods (``core.tasks.task.Task``).
@@ -46,9 +47,9 @@ class ToyBackbone(nn.Module):
 class ToyNeck(nn.Module):
     """A 1x1 conv per level to ``channels``."""
 
-    def __init__(self, in_channels: list[int], in_levels: list[int], channels: int):
+    def __init__(self, in_channels: list[int], in_levels: list[int], channels: int, kernel: int = 1):
         super().__init__()
-        self.project = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
+        self.project = nn.ModuleList(nn.Conv2d(c, channels, kernel, padding=kernel // 2) for c in in_channels)
         self.levels, self.out_channels = list(in_levels), [channels] * len(in_levels)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -77,14 +78,22 @@ class ToyHead(nn.Module):
 # ---------------------------------------------------------------- the registrations: one per part
 
 
-@BACKBONES.register("toy_backbone")
+class ToyBackboneOptions:
+    toy_width = 16               # channels of every map
+
+
+class ToyNeckOptions:
+    toy_kernel = 1               # kernel of the per-level conv
+
+
+@BACKBONES.register("toy_backbone", options=ToyBackboneOptions)
 def build_toy_backbone(b: Any) -> ToyBackbone:
-    return ToyBackbone(16)
+    return ToyBackbone(b.toy_width)
 
 
-@NECKS.register("toy_neck")
+@NECKS.register("toy_neck", options=ToyNeckOptions)
 def build_toy_neck(n: Any, in_channels: list[int], in_levels: list[int]) -> ToyNeck:
-    return ToyNeck(in_channels, in_levels, n.channels)
+    return ToyNeck(in_channels, in_levels, n.channels, n.toy_kernel)
 
 
 @HEADS.register("toy_head")
@@ -121,10 +130,12 @@ class dataset(base.dataset):
 class backbone(base.backbone):
     type = "toy_backbone"
     name = "toy"
+    toy_width = 12
 
 
 class neck(base.neck):
     type = "toy_neck"
+    toy_kernel = 3
     channels = 24
     min_level = 3
     max_level = 5
@@ -144,6 +155,8 @@ def test_a_registered_toy_backbone_neck_and_head_build_and_train(tmp_path: Path)
     model = build_detector(cfg, 4)
     assert isinstance(model.backbone, ToyBackbone) and isinstance(model.neck, ToyNeck)
     assert isinstance(model.head, ToyHead)
+    assert model.backbone.channels == [12] * 3 and model.neck.project[0].kernel_size == (3, 3)  # their own options
+    assert load_config(config, ["neck.toy_kernel=5"]).neck.toy_kernel == 5  # --set reaches them too
     trainer = Trainer(cfg)
     assert isinstance(trainer.task, ToyTask)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}

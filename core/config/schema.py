@@ -91,9 +91,13 @@ def _describe(default: Any) -> str:
 
 
 class _SectionMeta(type):
-    """Declares fields on direct subclasses of ``Section``; later subclasses may only override."""
+    """Declares fields on direct subclasses of ``Section``; later subclasses may only override.
 
-    def __new__(mcs, name: str, bases: tuple[type, ...], namespace: dict[str, Any]):
+    A declaring class may take ``options=registry`` (``class neck(Section, options=NECKS)``): every
+    option a registered part declares (``registry.options()``, field -> default) becomes a field of
+    the section too, and so does every option of a part registered later."""
+
+    def __new__(mcs, name: str, bases: tuple[type, ...], namespace: dict[str, Any], options: Any = None):
         cls = super().__new__(mcs, name, bases, namespace)
         declaring = any(b.__name__ == "Section" and b.__module__ == __name__ for b in bases)
         if name == "Section" and namespace.get("__module__") == __name__:
@@ -103,7 +107,12 @@ class _SectionMeta(type):
             cls._fields = dict(_public_fields(namespace))
             cls._section = name
             _DECLARED.update({(name, f): v for f, v in cls._fields.items()})
+            if options is not None:
+                _add_part_options(cls, options.options())
+                options.on_new_options(lambda fields: _add_part_options(cls, fields))
             return cls
+        if options is not None:
+            raise ConfigError(f"{namespace.get('__module__', '?')}: only config/base.py's sections take options=")
         parent_fields: dict[str, Any] = {}
         for base in bases:
             parent_fields.update(getattr(base, "_fields", {}))
@@ -122,6 +131,18 @@ class _SectionMeta(type):
                 )
         cls._fields = parent_fields
         return cls
+
+
+def _add_part_options(section: type, fields: dict[str, Any]) -> None:
+    """Fields a part declares next to its code (``symbol.registry.Registry.register(options=...)``)
+    join ``section``; a part may not redeclare a field the section itself declares."""
+    for field, default in fields.items():
+        if field in section._fields:
+            raise ConfigError(f"{section._section}.{field} is declared by config/base.py and by a part's options; "
+                              "declare it in one place")
+        section._fields[field] = default
+        setattr(section, field, default)
+        _DECLARED[(section._section, field)] = default
 
 
 class Section(metaclass=_SectionMeta):

@@ -25,8 +25,18 @@ PREDICTORS = ("head.class_net.predict.", "head.box_net.predict.")
 _CLASS_PREDICTOR = re.compile(r"head\.class_net\.predict\.(conv_pw\.)?(weight|bias)")
 
 
-@TASKS.register("retina")
-@TASKS.register("effdet")
+class AnchorLossOptions:
+    """``loss`` fields of the anchor-based family (focal classification + Huber box loss)."""
+    focal_alpha = 0.25
+    focal_gamma = 1.5
+    huber_delta = 0.1            # box loss: Huber on encoded offsets (core.ops.box_coder), as EfficientDet
+    box_loss_weight = 50.0
+    match_iou = 0.5              # anchors with IoU >= match_iou to a box are positives
+    ignore_iou = 0.4             # anchors with ignore_iou <= IoU < match_iou are ignored
+
+
+@TASKS.register("retina", options=AnchorLossOptions)
+@TASKS.register("effdet", options=AnchorLossOptions)
 class DetectionTask:
     """Loss and post-processing for an anchor-based one-stage detector.
 

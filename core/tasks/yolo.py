@@ -229,7 +229,16 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, image_size: tup
     return clip_and_suppress(box, score, labels, image, batch, num_classes, image_size, nms_thresh, max_det)
 
 
-@TASKS.register("yolo")
+class YoloLossOptions:
+    """``loss`` fields of the YOLO family (CIoU box + objectness + class BCE)."""
+    yolo_box_weight = 0.05       # CIoU box loss gain (x 3 / output layers)
+    yolo_obj_weight = 1.0        # objectness BCE gain at 640 px (x (input / 640)**2 x 3 / output layers)
+    yolo_cls_weight = 0.5        # class BCE gain (x num_classes / 80 x 3 / output layers)
+    yolo_anchor_t = 4.0          # a box matches an anchor when its w and h are within this factor of it
+    yolo_obj_balance = [4.0, 1.0, 0.4]  # objectness weight per output layer, finest first
+
+
+@TASKS.register("yolo", options=YoloLossOptions)
 class YoloTask:
     """Loss and post-processing for YOLO heads, from the config's ``anchors.yolo``, ``loss.yolo_*``
     and ``test`` sections. Holds no weights (serves plain, EMA and DDP-wrapped networks alike)."""

@@ -149,7 +149,13 @@ class CSPDarknet(nn.Module):
         return rows
 
 
-@BACKBONES.register("csp_darknet")
+class CSPDarknetOptions:
+    """``backbone`` fields only CSP-Darknet reads."""
+    depth_multiple = 1.0         # block repeats x this, rounded, >= 1 (YOLOv4-L 1.0, YOLOv4-S 0.33)
+    width_multiple = 1.0         # widths x this, rounded up to a multiple of 8 (YOLOv4-L 1.0, -S 0.5)
+
+
+@BACKBONES.register("csp_darknet", options=CSPDarknetOptions)
 def build_csp_darknet(b: Any) -> CSPDarknet:
     """YOLOv4's CSP-Darknet from the ``backbone`` section (``name``, ``out_levels``, ``depth_multiple``,
     ``width_multiple``); it has no stochastic depth and no head conv."""

@@ -72,7 +72,13 @@ class TimmBackboneHeadConv(TimmBackbone):
         return super().stages() + [("head_conv", self.head_conv)]
 
 
-@BACKBONES.register("timm")
+class TimmOptions:
+    """``backbone`` fields only the timm backbone reads."""
+    head_conv = 0                # 1x1 conv+BN+swish on the coarsest map to this many channels (EfficientNet's
+                                 # conv_head, 1280 x width, as the YOLOv4-EfficientNet tables); 0 = none
+
+
+@BACKBONES.register("timm", options=TimmOptions)
 def build_timm(b: Any) -> TimmBackbone:
     """A timm model as a feature pyramid from the ``backbone`` section (``name``, ``out_levels``,
     ``drop_path_rate``); ``head_conv > 0`` adds EfficientNet's 1x1 head conv on the coarsest map."""

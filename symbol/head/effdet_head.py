@@ -95,7 +95,12 @@ def _build_subnets(cfg: Any, in_channels: list[int], levels: list[int], num_clas
                             separable=separable, act=h.activation)
 
 
-@HEADS.register("effdet")
+class EfficientDetHeadOptions:
+    """``head`` fields only the EfficientDet subnets read (RetinaNet's always use ReLU)."""
+    activation = "swish"         # "swish", "relu6" (EfficientDet-Lite) or "relu"
+
+
+@HEADS.register("effdet", options=EfficientDetHeadOptions)
 def build_effdet_head(cfg: Any, in_channels: list[int], levels: list[int], num_classes: int) -> EfficientDetHead:
     """EfficientDet's class and box subnets (separable convs, BatchNorm per level, ``head.activation``)
     shared over ``levels``: ``head.repeats`` convs, ``anchors.num_scales x len(anchors.aspect_ratios)``

@@ -160,7 +160,14 @@ class BiFPN(nn.Module):
         return rows + [(f"cells.{i}", c) for i, c in enumerate(self.cells)]
 
 
-@NECKS.register("bifpn")
+class BiFPNOptions:
+    """``neck`` fields only the BiFPN reads."""
+    fusion = "fast"              # how a node weighs its inputs: "fast" (normalized learned weights, EfficientDet),
+                                 # "softmax" (softmax of learned weights), "sum" (no weights, EfficientDet-Lite)
+    activation = "swish"         # after each fusion; "swish", "relu6" (EfficientDet-Lite) or "relu"
+
+
+@NECKS.register("bifpn", options=BiFPNOptions)
 def build_bifpn(n: Any, in_channels: list[int], in_levels: list[int]) -> BiFPN:
     """EfficientDet's BiFPN from the ``neck`` section (``channels``, ``repeats``, levels, ``padding``,
     ``fusion``, ``activation``)."""

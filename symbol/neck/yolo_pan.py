@@ -157,7 +157,13 @@ class YoloPAN(nn.Module):
         return rows
 
 
-@NECKS.register("yolo_pan")
+class YoloPANOptions:
+    """``neck`` fields only the YOLO PAN reads."""
+    pan_channels = 512           # SPPCSP / top-level width; each finer level has half (YOLOv4-L 512, -S 256)
+    pan_repeats = 2              # bottlenecks in each BottleneckCSP2 of the PAN (YOLOv4-L 2, -S 1)
+
+
+@NECKS.register("yolo_pan", options=YoloPANOptions)
 def build_yolo_pan(n: Any, in_channels: list[int], in_levels: list[int]) -> YoloPAN:
     """YOLOv4's SPPCSP + PAN from the ``neck`` section (``pan_channels``, ``pan_repeats``, levels)."""
     return YoloPAN(in_channels, in_levels, n.pan_channels, n.pan_repeats, n.min_level, n.max_level)
