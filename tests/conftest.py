@@ -1,12 +1,16 @@
 """Make the repository root importable so a bare ``pytest`` finds ``core``, ``symbol``, ``utils``."""
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+# the start-up check's cache (core.data.check_cache) of this test session, not the user's
+os.environ.setdefault("DETLAB_CACHE", tempfile.mkdtemp(prefix="detlab-test-cache-"))
 
 
 def synthetic_shapes_yaml(folder: Path, train_images: int, val_images: int, image_size: int, seed: int,

@@ -209,6 +209,9 @@ def load_checked_records(spec: DatasetSpec, splits: Sequence[str], skip_bad_reco
     """Records of ``splits`` for training, after a check of the dataset. A split the YAML lacks is
     an error unless it is ``optional`` (then it is left out of the result).
 
+    Each split's check is remembered (``core.data.check_cache``): a split whose annotations and
+    images have not changed since is not read or checked again, and a note says so.
+
     A dataset with problems raises :class:`DatasetError` carrying the whole check report unless
     ``skip_bad_records``; then every record a problem names is left out and the returned notes
     say how many per split. With ``skip_bad_images`` unreadable images are no start-up problem:
@@ -218,10 +221,23 @@ def load_checked_records(spec: DatasetSpec, splits: Sequence[str], skip_bad_reco
     for name in splits:
         if name not in spec.splits and name not in optional:
             raise DatasetError(f"{spec.path}: no split '{name}'; available: {', '.join(spec.splits)}")
-    report = check_dataset(spec, [s for s in splits if s in spec.splits], path_warnings=False)
+    from .check_cache import checked_split
+
+    notes: list[str] = []
+    reports: dict[str, SplitReport] = {}
+    for name in (s for s in splits if s in spec.splits):
+        def check(name: str = name) -> tuple[list[ImageRecord], list[Problem]]:
+            problems: list[Problem] = []
+            return read_split(spec, name, problems), problems
+
+        records, problems, cached = checked_split(spec, name, check)
+        reports[name] = SplitReport(name, _source(spec, name), list(spec.class_names), records, problems, [])
+        if cached:
+            notes.append(f"dataset check: {name} unchanged since it was last checked (annotations, image sizes and "
+                         f"times); its result is reused")
+    report = CheckReport(spec, reports)
     ignore = (UNREADABLE_IMAGE,) if skip_bad_images else ()
     fatal = [p for p in report.problems if p.kind not in ignore]
-    notes: list[str] = []
     if fatal and not skip_bad_records:
         raise DatasetError(
             f"{spec.path}: the dataset has {len(fatal)} problem(s); fix them, or set dataset.skip_bad_records = True "
