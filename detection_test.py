@@ -44,6 +44,9 @@ def main() -> int:
                         "(default: this run's newest)")
     parser.add_argument("--split", default="val", help="dataset split to test on (default: val)")
     parser.add_argument("--results", help="evaluate this COCO results json instead of running a model")
+    parser.add_argument("--runtime", choices=["torch", "onnxruntime", "openvino"], default="torch",
+                        help="run the network in PyTorch (default) or exported to ONNX and run by ONNX Runtime or "
+                        "OpenVINO on the CPU, with DetLab's post-processing, so the export is scored")
     parser.add_argument("--vis", metavar="DIR", help="save images with their detections drawn into DIR")
     parser.add_argument("--vis-score", type=float, default=0.3, help="lowest score drawn with --vis")
     parser.add_argument("--tta", metavar="SPEC", help="test-time augmentation: 'flip', scales such as '0.8,1.2', "
@@ -68,6 +71,8 @@ def main() -> int:
         args.tiling = tile_plan(args)
     except ValueError as err:
         parser.error(str(err))
+    if args.runtime != "torch" and (args.tta or args.ensemble):
+        parser.error("--runtime runs one exported network at the config's input size; --tta and --ensemble need PyTorch")
     if not 0.0 <= args.confusion_iou < 1.0:
         parser.error(f"--confusion-iou {args.confusion_iou} must be in [0, 1)")
     if args.tta:
@@ -103,8 +108,22 @@ def main() -> int:
         results = json.loads(Path(args.results).read_text())
         class_names, category_ids = spec.class_names, spec.category_ids
     else:
-        device = select_device(cfg.General.device)
+        import torch
+
+        device = select_device(cfg.General.device) if args.runtime == "torch" else torch.device("cpu")
         trained = load_run_weights(cfg, args.epoch, args.weights, device)
+        if args.runtime != "torch":
+            import dataclasses
+            import tempfile
+
+            from core.inference.exported import export_network
+
+            with tempfile.TemporaryDirectory() as folder:  # the runtime holds the graph once loaded
+                exported = export_network(trained.model, trained.task, cfg.dataset.image_size, args.runtime,
+                                          Path(folder), batch=cfg.test.batch_image)
+            trained = dataclasses.replace(trained, model=exported)
+            print(f"runtime: {args.runtime} (the network exported to ONNX, batch {cfg.test.batch_image}; "
+                  f"DetLab's post-processing)")
         if trained.class_names != spec.class_names:
             print(f"warning: model classes {trained.class_names} differ from dataset classes {spec.class_names}")
         class_names, category_ids = trained.class_names, trained.category_ids

@@ -10,7 +10,7 @@ import torch
 from core.config.loading import load_config
 from symbol.builder import build_detector
 from core.tasks.task import build_task
-from utils.export import export_onnx
+from core.inference.exported import export_onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 ort = pytest.importorskip("onnxruntime")
@@ -84,3 +84,29 @@ def test_postprocess_export_is_one_image_at_a_time(tmp_path: Path) -> None:
     model = build_detector(cfg, 3)
     with pytest.raises(ValueError, match="one image at a time; got --batch 2"):
         export_onnx(model, build_task(cfg, model), 128, tmp_path / "e.onnx", batch=2, postprocess=True)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("config", ["effdet_b0", "yolov4_s"])
+def test_exported_network_is_called_like_the_torch_network(config: str, runtime: str, tmp_path: Path) -> None:
+    """``export_network``: the runtime's outputs have the torch network's nesting and values (to float
+    rounding), for 3 images through an export of batch 2 (one full call, one padded)."""
+    pytest.importorskip(runtime)
+    from core.inference.exported import export_network
+
+    cfg = load_config(ROOT / "config" / f"{config}.py", ["dataset.image_size=128"])
+    torch.manual_seed(0)
+    model = build_detector(cfg, 3).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    net = export_network(model, build_task(cfg, model), 128, runtime, tmp_path, batch=2)
+    images = torch.randn(3, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(images)
+    got = net.eval()(images)
+    flat = lambda out: list(out[0]) + list(out[1]) if isinstance(out, tuple) else list(out)  # noqa: E731
+    assert type(got) is type(expected) and len(flat(got)) == len(flat(expected))
+    for a, b in zip(flat(got), flat(expected)):
+        assert a.shape == b.shape and (a - b).abs().max() < 1e-3

@@ -134,6 +134,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                                                  "the config's test section keeps)")
     ap.add_argument("--tta", help="test-time augmentation: 'flip', scales such as '0.8,1.2', or both")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--runtime", choices=["torch", "onnxruntime", "openvino"], default="torch",
+                    help="run the network in PyTorch (default) or exported to ONNX and run by ONNX Runtime or "
+                         "OpenVINO on the CPU (with DetLab's post-processing)")
     ap.add_argument("--batch", type=int, help="pictures per forward pass (default: test.batch_image)")
     add_tile_arguments(ap)
     ap.add_argument("--video-dir", metavar="DIR", help="where a video's <name>.jsonl and <name>_detections.mp4 go "
@@ -204,8 +207,12 @@ def run(args: argparse.Namespace) -> int:
     from core.inference.predictor import Predictor
 
     tta = TTAPlan.parse(args.tta) if args.tta else None
+    if args.runtime != "torch" and tta and any(s != 1.0 for s in tta.scales):
+        raise SystemExit(f"error: --runtime {args.runtime} runs the network at the config's input size; --tta scales "
+                         "need --runtime torch (flip works)")
     tiling = getattr(args, "tiling", None)
-    det = Predictor.from_checkpoint(args.weights, args.config, args.device, args.set, allow_pickle=args.allow_pickle)
+    det = Predictor.from_checkpoint(args.weights, args.config, args.device, args.set, allow_pickle=args.allow_pickle,
+                                    runtime=args.runtime)
     print(f"{len(paths)} pictures, {len(videos)} videos, model {det.source} ({len(det.class_names)} classes), "
           f"tta {tta.describe() if tta else 'none'}, {tiling.describe() if tiling else 'no tiles'}")
     if paths or not videos:

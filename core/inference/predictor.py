@@ -108,13 +108,15 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, config: str | os.PathLike | Config | None = None,
                         device: str | torch.device = "auto", overrides: Iterable[str] = (),
-                        allow_pickle: bool = False) -> "Predictor":
+                        allow_pickle: bool = False, runtime: str = "torch") -> "Predictor":
         """Load a checkpoint (EMA weights when saved). ``config``: None to use the config embedded in
         the checkpoint, else a config module path or a :class:`Config`; ``overrides``
         (``Section.field=value``) are applied to it (e.g. ``test.min_det_score=0.3``).
         ``allow_pickle``: read a checkpoint that needs full unpickling (which can run code; see
         :func:`core.engine.checkpoint.load_checkpoint`); the config's ``pretrain.allow_pickle`` is not
-        consulted, since the config may come from the checkpoint itself."""
+        consulted, since the config may come from the checkpoint itself. ``runtime``: ``"torch"``, or
+        ``"onnxruntime"`` / ``"openvino"`` to run the network exported to ONNX on the CPU
+        (``core.inference.exported``; fixed at the config's input size, ``test.batch_image`` a call)."""
         from core.engine.tester import load_trained
 
         state = load_checkpoint(Path(path), map_location="cpu", allow_pickle=allow_pickle)
@@ -130,8 +132,19 @@ class Predictor:
         for assignment in overrides:
             cfg.override(assignment)
         dev = device if isinstance(device, torch.device) else select_device(device)
+        if runtime != "torch":
+            dev = torch.device("cpu")
         trained = load_trained(cfg, Path(path), dev, state)
-        return cls(trained.model, cfg, trained.class_names, trained.category_ids, dev, source=str(path))
+        model: Any = trained.model
+        if runtime != "torch":
+            import tempfile
+
+            from core.inference.exported import export_network
+
+            with tempfile.TemporaryDirectory() as folder:
+                model = export_network(model, trained.task, cfg.dataset.image_size, runtime, Path(folder),
+                                       batch=cfg.test.batch_image)
+        return cls(model, cfg, trained.class_names, trained.category_ids, dev, task=trained.task, source=str(path))
 
     # ------------------------------------------------------------------ passes
     def transform(self, scale: float = 1.0) -> DetectionTransform:

@@ -1,0 +1,179 @@
+"""An exported detector network: ONNX export, and the exported graph run by ONNX Runtime or OpenVINO.
+
+``export_onnx`` writes the network alone (input ``images`` float32 ``[B, 3, S, S]``, normalised as the
+config says; one output per level and kind, named by the head family's ``output_names``), or with
+``postprocess`` the network followed by its post-processing (``boxes``, ``scores``, ``labels``).
+:class:`ExportedNetwork` runs the plain export in a deployment runtime and is called like the torch
+network: ``images [B, 3, S, S]`` in, the network's raw outputs (nested as the head gives them) out,
+so the task's decoding, ``core.engine.inference.detect_batch`` and everything built on it run on it
+unchanged. That is how ``detection_test.py --runtime``, ``utils.predict --runtime`` and
+``utils.benchmark --runtimes`` measure the exported model.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.ops import nms
+
+from core.tasks.task import Task
+
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+class _FlatOutputs(nn.Module):
+    """The detector with its nested list outputs flattened into a tuple (ONNX needs flat outputs)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(images)
+        if isinstance(out, tuple):  # (class_logits per level, box_deltas per level)
+            return tuple(out[0]) + tuple(out[1])
+        return tuple(out)
+
+
+class _WithPostprocess(nn.Module):
+    """The detector followed by its post-processing, for one ``[1, 3, S, S]`` image:
+    ``forward(images) -> (boxes [K, 4] xyxy input pixels, scores [K], labels [K] int64)``.
+    ``task``: the model's task (``core.tasks.task.build_task``); its ``export_head`` gives the candidates."""
+
+    def __init__(self, model: nn.Module, task: Task, image_size: int):
+        super().__init__()
+        self.model = model
+        self.candidates = task.export_head(image_size)
+        self.image_size = image_size
+        t = task.test_cfg
+        self.min_score, self.nms_thresh, self.max_det = t.min_det_score, t.nms_thresh, t.max_det_per_image
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        boxes, scores, labels = self.candidates(self.model(images))
+        keep = scores > self.min_score
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        boxes = boxes.clamp(0, self.image_size)
+        nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes, scores, labels = boxes[nonempty], scores[nonempty], labels[nonempty]
+        apart = boxes + (labels.to(boxes.dtype) * (self.image_size + 1))[:, None]  # classes never overlap
+        keep = nms(apart, scores, self.nms_thresh)[:self.max_det]
+        return boxes[keep], scores[keep], labels[keep]
+
+
+def output_names(model: nn.Module, task: Task) -> list[str]:
+    """ONNX output names of the raw network, as the head family names them (one per level and kind)."""
+    return task.output_names(list(model.levels))
+
+
+def export_onnx(model: nn.Module, task: Task, image_size: int, path: Path, batch: int = 1,
+                postprocess: bool = False) -> list[str]:
+    """Write ``model`` (eval mode; ``task`` its ``core.tasks.task.build_task``) to ``path`` as ONNX for
+    ``[batch, 3, image_size, image_size]`` inputs; returns the output names. With ``postprocess``
+    (``batch`` 1) the graph ends in its detections: ``boxes``, ``scores``, ``labels``."""
+    model = model.eval()
+    if not postprocess:
+        names, graph = output_names(model, task), _FlatOutputs(model)
+    elif batch != 1:
+        raise ValueError(f"--postprocess exports one image at a time; got --batch {batch}")
+    else:
+        names, graph = ["boxes", "scores", "labels"], _WithPostprocess(model, task, image_size)
+    for package in ("onnx", "onnxscript"):
+        try:
+            __import__(package)
+        except ImportError:
+            raise SystemExit(f"error: ONNX export needs the {package} package: pip install -r requirements-deploy.txt") \
+                from None
+    example = torch.randn(batch, 3, image_size, image_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(graph.eval(), (example,), str(path), input_names=["images"], output_names=names,
+                      opset_version=18, dynamo=True, external_data=False)
+    return names
+
+
+def nested_outputs(flat: Sequence[torch.Tensor], num_levels: int) -> Any:
+    """The inverse of the export's flattening: ``2 x num_levels`` outputs are a head's
+    ``(class outputs, box outputs)`` pair of per-level lists, ``num_levels`` outputs one per-level list."""
+    flat = list(flat)
+    if len(flat) == 2 * num_levels:
+        return flat[:num_levels], flat[num_levels:]
+    if len(flat) == num_levels:
+        return flat
+    raise ValueError(f"{len(flat)} outputs for {num_levels} levels: not a DetLab network export")
+
+
+class ExportedNetwork:
+    """An ONNX export of a DetLab network (``export_onnx`` without ``postprocess``) run by ``runtime``
+    (``"onnxruntime"`` or ``"openvino"``, both in float32) on the CPU with ``threads`` threads (None:
+    the runtime's choice). ``batch``: the export's fixed batch; a call with fewer images pads them, with more runs
+    them ``batch`` at a time. ``__call__(images [N, 3, S, S]) -> the raw outputs`` as the torch
+    network returns them (float32 CPU tensors)."""
+
+    def __init__(self, path: Path, runtime: str, names: list[str], num_levels: int, batch: int,
+                 threads: int | None = None):
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime '{runtime}'; choose one of {', '.join(RUNTIMES)}")
+        self.runtime, self.names, self.num_levels, self.batch = runtime, list(names), num_levels, batch
+        if runtime == "onnxruntime":
+            try:
+                import onnxruntime as ort
+            except ImportError:
+                raise SystemExit("error: --runtime onnxruntime needs onnxruntime: "
+                                 "pip install -r requirements-deploy.txt") from None
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = threads
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self._run = lambda x: session.run(self.names, {"images": x})
+        else:
+            try:
+                import openvino as ov
+            except ImportError:
+                raise SystemExit("error: --runtime openvino needs openvino: pip install -r requirements-deploy.txt") \
+                    from None
+            # f32: on CPUs with bf16 units OpenVINO would otherwise compute in bf16 (2-3 significant digits)
+            config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+            compiled = ov.Core().compile_model(str(path), "CPU", config)
+            outputs = [compiled.output(name) for name in self.names]
+            request = compiled.create_infer_request()
+            self._run = lambda x: [request.infer({"images": x})[o] for o in outputs]
+
+    def eval(self) -> "ExportedNetwork":
+        return self  # always an inference graph; called as a torch module's eval() is
+
+    def to(self, *args: Any, **kwargs: Any) -> "ExportedNetwork":
+        return self  # runs on the CPU; called as a torch module's to() is
+
+    def __call__(self, images: torch.Tensor) -> Any:
+        x = images.detach().to("cpu", torch.float32).contiguous().numpy()
+        parts: list[list[np.ndarray]] = []
+        for start in range(0, len(x), self.batch):
+            chunk = x[start:start + self.batch]
+            n = len(chunk)
+            if n < self.batch:
+                chunk = np.concatenate([chunk, np.zeros((self.batch - n, *chunk.shape[1:]), chunk.dtype)])
+            parts.append([np.asarray(a)[:n] for a in self._run(chunk)])
+        flat = [torch.from_numpy(np.concatenate([p[k] for p in parts])) for k in range(len(self.names))]
+        return nested_outputs(flat, self.num_levels)
+
+
+def export_network(model: nn.Module, task: Task, image_size: int, runtime: str, folder: Path, batch: int = 1,
+                   threads: int | None = None) -> ExportedNetwork:
+    """``model`` exported to ``folder/model.onnx`` and loaded in ``runtime`` (see :class:`ExportedNetwork`).
+    A compiled network (``torch.compile``) is exported as the module it wraps."""
+    model = getattr(model, "_orig_mod", model)
+    path = Path(folder) / "model.onnx"
+    names = export_onnx(model, task, image_size, path, batch)
+    return ExportedNetwork(path, runtime, names, len(model.levels), batch, threads)
+
+
+def save_openvino(onnx_path: Path, xml_path: Path) -> None:
+    """The ONNX graph at ``onnx_path`` as OpenVINO IR (``xml_path`` and its ``.bin``)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise SystemExit("error: --format openvino needs openvino: pip install -r requirements-deploy.txt") from None
+    xml_path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path))
