@@ -1,6 +1,7 @@
 """utils.benchmark: a short side-by-side run with effdet prints both sides and their ratios."""
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -46,3 +47,34 @@ def test_benchmark_compares_with_effdet(capsys: pytest.CaptureFixture[str]) -> N
             rf"ratio {kind} images/s detlab/effdet: ([\d.]+) \(median of 3 rounds; 10-90% of rounds ([\d.]+)-([\d.]+)",
             out).groups())
         assert 0 < low <= median <= high
+
+
+def test_data_benchmark_times_one_worker_as_configured_and_with_mosaic(tmp_path, capsys) -> None:
+    """``--only data`` reads the training split, builds the training loader in this process and
+    prints each variant's images/s and the workers a target rate needs (ceil(target / rate))."""
+    from conftest import synthetic_shapes_yaml
+
+    data = synthetic_shapes_yaml(tmp_path, 8, 0, 64, seed=4)
+    assert main(["--config", "config/demo.py", "--only", "data", "--data", str(data), "--set",
+                 "dataset.image_size=64", "--set", "General.batch_image=2", "--iters", "3", "--warmup", "1",
+                 "--target-ips", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "(8 training images), 64 px, batch 2" in out
+    for name in ("configured", "mosaic"):
+        ips, workers = re.search(rf"^  {name}\s+([\d.]+) images/s per worker; (\d+) workers for 1000", out, re.M).groups()
+        assert float(ips) > 0 and abs(int(workers) - math.ceil(1000 / float(ips))) <= 1  # ips is printed rounded
+
+
+def test_runtimes_benchmark_times_each_runtime_against_effdet(capsys) -> None:
+    """``--runtimes``: one row per DetLab runtime and for effdet's eager prediction, each runtime
+    with its ratio to effdet's (the reference row has none; ``--compile`` would add effdet compiled)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    assert main(["--config", "config/effdet_b0.py", "--set", "dataset.image_size=128", "--num-classes", "5",
+                 "--iters", "2", "--warmup", "1", "--threads", "1", "--compare", "effdet",
+                 "--runtimes", "torch,onnxruntime,openvino"]) == 0
+    out = capsys.readouterr().out
+    for name in ("detlab/predict-torch", "detlab/predict-onnxruntime", "detlab/predict-openvino"):
+        ms, ips, ratio = re.search(rf"^{name}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+) \(", out, re.M).groups()
+        assert float(ms) > 0 and float(ips) > 0 and float(ratio) > 0
+    assert re.search(r"^effdet/predict-eager\s+[\d.]+\s+[\d.]+$", out, re.M), out

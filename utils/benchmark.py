@@ -14,14 +14,29 @@ DetLab / effdet ratios (median over rounds of the ratio of each round's back-to-
 the spread over rounds); effdet runs in its default contiguous layout unless ``--channels-last``.
 ``--compile`` wraps both sides' networks in ``torch.compile``. On a GPU it also prints achieved
 TFLOP/s and the fraction of the device's dense bf16 peak.
+
+``--runtimes torch,torch-compiled,onnxruntime,openvino`` times prediction only (batch
+``--predict-batch``, post-processing included, detections moved to the CPU), once per runtime:
+PyTorch eager and compiled (``inference_model``), and the network exported to ONNX and run by ONNX
+Runtime or OpenVINO (float32, ``core.inference.exported``), interleaved round by round; with
+``--compare effdet`` next to effdet's eager ``DetBenchPredict`` (and its compiled one with
+``--compile``), with each runtime's ratio to effdet's compiled (else eager) prediction.
+
+``--only data`` times the training data loader instead: the config's dataset (or ``--data``), its
+training transform and augmentation (the recipe's choices where the config says "auto"), in one
+process, which is what each ``General.loader_worker`` worker does. It prints images/s of one worker
+as configured and with every sample a mosaic (``augment.mosaic_prob = 1``), interleaved batch by
+batch, and how many workers ``--target-ips`` images/s of training needs.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -174,6 +189,103 @@ def effdet_fns(cfg, num_classes: int, device: torch.device, train_batch: int, pr
     return {"train": train, "predict": predict}
 
 
+RUNTIMES = ("torch", "torch-compiled", "onnxruntime", "openvino")
+
+
+def runtime_fns(cfg, num_classes: int, device: torch.device, predict_batch: int, runtimes: Sequence[str],
+                precision: str) -> dict[str, Callable[[], None]]:
+    """One prediction (network, decoding, NMS, detections on the CPU) of ``predict_batch`` random
+    images per runtime, all of one network with the same random weights."""
+    import tempfile
+
+    from core.inference.exported import export_network
+
+    size = cfg.dataset.image_size
+    model = build_detector(cfg, num_classes).to(device, memory_format=torch.channels_last).eval()
+    task = build_task(cfg, model)
+    x = torch.randn(predict_batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    targets = [{"scale": 1.0, "orig_size": (size, size)}] * predict_batch
+    fns: dict[str, Callable[[], None]] = {}
+    for runtime in runtimes:
+        if runtime.startswith("torch"):
+            net, on = inference_model(model, device, runtime == "torch-compiled"), device
+        else:
+            with tempfile.TemporaryDirectory() as folder:
+                net = export_network(inference_model(model, torch.device("cpu")), task, size, runtime, Path(folder),
+                                     predict_batch, torch.get_num_threads())
+            on = torch.device("cpu")
+        fns[f"detlab/predict-{runtime}"] = (lambda net, on: lambda: detect_batch(net, task, x, targets, on,
+                                                                                 precision))(net, on)
+    return fns
+
+
+def runtime_benchmark(cfg, args: argparse.Namespace, device: torch.device, precision: str) -> int:
+    """``--runtimes``: prediction images/s per runtime, and against effdet's with ``--compare effdet``."""
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    unknown = [r for r in runtimes if r not in RUNTIMES]
+    if unknown:
+        raise SystemExit(f"error: unknown runtime(s) {', '.join(unknown)}; choose from {', '.join(RUNTIMES)}")
+    runs = runtime_fns(cfg, args.num_classes, device, args.predict_batch, runtimes, precision)
+    if args.compare == "effdet":
+        for compiled in (False, True) if args.compile else (False,):
+            fns = effdet_fns(cfg, args.num_classes, device, 2, args.predict_batch, args.channels_last, compiled,
+                             precision)
+            runs[f"effdet/predict-{'compiled' if compiled else 'eager'}"] = fns["predict"]
+    rounds = time_interleaved(runs, args.iters, args.warmup, device)
+    reference = next((name for name in ("effdet/predict-compiled", "effdet/predict-eager") if name in rounds), None)
+    print(f"{cfg.source}: prediction at {cfg.dataset.image_size} px, batch {args.predict_batch}, {args.num_classes} "
+          f"classes, {device}, {torch.get_num_threads()} threads, {args.iters} rounds (post-processing included)")
+    print(f"{'':30}{'ms/iter':>10}{'images/s':>10}" + (f"   x {reference} (median, 10-90 % of rounds)"
+                                                       if reference else ""))
+    for name, seconds in rounds.items():
+        median_s = statistics.median(seconds)
+        line = f"{name:30}{median_s * 1e3:10.1f}{args.predict_batch / median_s:10.2f}"
+        if reference and name != reference:
+            ratio, low, high = ratio_spread(rounds[reference], seconds)
+            line += f"   {ratio:.2f} ({low:.2f}-{high:.2f})"
+        print(line)
+    return 0
+
+
+def data_benchmark(cfg, iters: int, warmup: int, target_ips: float) -> int:
+    """``--only data``: training-loader images/s of one worker, as configured and all-mosaic."""
+    from core.config.loading import config_from_dict
+    from core.data.loader import build_loader
+    from core.data.spec import load_dataset_spec, read_split
+    from core.engine.recipe import resolve_recipe
+
+    records = read_split(load_dataset_spec(cfg.dataset.data), "train")
+    resolve_recipe(cfg, len(records))
+    cfg.General.loader_worker = 0  # this process is the one worker
+    mosaic = config_from_dict(cfg.to_dict(), cfg.source)
+    mosaic.augment.mosaic_prob = 1.0
+    batch = cfg.General.batch_image
+
+    def batches(c) -> Callable[[], None]:
+        loader = build_loader(c, records, train=True, batch_size=batch, seed=c.General.seed)
+        state = {"epoch": 0, "it": iter(loader)}
+
+        def next_batch() -> None:
+            try:
+                next(state["it"])
+            except StopIteration:  # a new epoch of the sampler's order
+                state["epoch"] += 1
+                loader.sampler.set_epoch(state["epoch"])
+                state["it"] = iter(loader)
+                next(state["it"])
+        return next_batch
+
+    rounds = time_interleaved({"configured": batches(cfg), "mosaic": batches(mosaic)}, iters, warmup,
+                              torch.device("cpu"))
+    print(f"{cfg.source}: data {cfg.dataset.data} ({len(records)} training images), {cfg.dataset.image_size} px, "
+          f"batch {batch}, {iters} timed batches each, one worker (this process)")
+    for name, seconds in rounds.items():
+        ips = batch / statistics.median(seconds)
+        print(f"  {name:11s} {ips:7.1f} images/s per worker; {math.ceil(target_ips / ips)} workers for "
+              f"{target_ips:g} images/s")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
@@ -187,16 +299,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="run effdet channels_last too (DetLab always runs channels_last, as its trainer does)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (both sides)")
     parser.add_argument("--compare", choices=["effdet"])
-    parser.add_argument("--only", choices=["train", "predict"], help="time one of the two (compiling both is slow on CPU)")
+    parser.add_argument("--only", choices=["train", "predict", "data"],
+                        help="time one of the two (compiling both is slow on CPU), or the data loader")
+    parser.add_argument("--runtimes", metavar="R1,R2,...",
+                        help=f"time prediction in each of these runtimes ({', '.join(RUNTIMES)})")
+    parser.add_argument("--data", help="dataset YAML for --only data (default: the config's dataset.data)")
+    parser.add_argument("--target-ips", type=float, default=140.0,
+                        help="--only data: training images/s the loader must keep up with")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, args.set + ([f"dataset.data={args.data}"] if args.data else []))
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.only == "data":
+        return data_benchmark(cfg, args.iters, args.warmup, args.target_ips)
     device = select_device(cfg.General.device)
     seed_everything(cfg.General.seed, cfg.General.deterministic)  # as the trainer runs (cudnn autotuning unless deterministic)
     precision = cfg.General.precision if device.type == "cuda" else "fp32"
+    if args.runtimes:
+        return runtime_benchmark(cfg, args, device, precision)
     sizes = dict(train_batch=args.train_batch, predict_batch=args.predict_batch, compile_model=args.compile, precision=precision)
     fns, gflops = detlab_fns(cfg, args.num_classes, device, **sizes)
     runs = {f"detlab/{k}": v for k, v in fns.items()}
