@@ -1,4 +1,7 @@
-"""torch.distributed: 2 CPU processes (gloo) train exactly like 1 process with the same total batch."""
+"""torch.distributed: 2 CPU processes (gloo) train exactly like 1 process with the same total batch, whether
+one torchrun launches both or two torchrun launchers (``--nnodes=2``, c10d rendezvous on 127.0.0.1) launch
+one each; and a group whose worker is killed mid-epoch under ``--max-restarts`` restarts, resumes from
+its newest checkpoint by itself and ends with the weights of an uninterrupted run."""
 from __future__ import annotations
 
 import os
@@ -43,7 +46,16 @@ DRIVER = textwrap.dedent("""
             model(images)
         return freeze_batch_norm_2d(model)
 
+    import os
     import core.engine.trainer as trainer_module
+    kill_at = int(os.environ.get("KILL_RANK1_AT_STEP", "-1"))  # first attempt only: rank 1 dies before that step
+    if kill_at >= 0 and os.environ.get("RANK") == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
+        real_step = trainer_module.Trainer._step
+        def dying_step(self, images, targets):
+            if self.step == kill_at:
+                os._exit(9)
+            return real_step(self, images, targets)
+        trainer_module.Trainer._step = dying_step
     real_build = trainer_module.build_detector
     trainer_module.build_detector = lambda cfg, n: calibrated(real_build(cfg, n), cfg)
     from core.config.loading import load_config
@@ -69,33 +81,56 @@ def tiny_data(tmp_path_factory) -> Path:
     return synthetic_shapes_yaml(tmp_path_factory.mktemp("ddpdata"), 16, 6, 96, seed=7)
 
 
-def run(tmp_path: Path, data: Path, name: str, processes: int) -> subprocess.CompletedProcess:
+def run(tmp_path: Path, data: Path, name: str, processes: int, launch: str = "processes", epochs: int = 1,
+        torchrun: tuple[str, ...] = (), env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Train the demo config on ``data`` with a total batch of 4 in ``processes`` processes: one plain
+    process, one torchrun of ``processes`` workers (``launch="processes"``), or one torchrun launcher per
+    process with ``--nnodes`` (``launch="nodes"``; their outputs are joined)."""
     script = tmp_path / "ddp_driver.py"
     script.write_text(DRIVER.format(root=str(ROOT)))
     args = [f"dataset.data={data}", "dataset.image_size=96", f"General.work_dir={tmp_path}", f"General.name={name}",
             f"General.batch_image={4 // processes}", "General.loader_worker=0", "General.deterministic=True",
-            "schedule.end_epoch=1", "schedule.eval_every=1", "optimizer.lr_batch=4", "test.batch_image=2",
+            f"schedule.end_epoch={epochs}", "schedule.eval_every=1", "optimizer.lr_batch=4", "test.batch_image=2",
             "optimizer.type=sgd", "optimizer.lr=0.01"]
-    if processes == 1:
-        cmd = [sys.executable, str(script), *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-               f"--master_port={free_port()}", str(script), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("DETLAB_TEST_THREADS", "1")}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("DETLAB_TEST_THREADS", "1"), **(env or {})}
     env.pop("WORLD_SIZE", None)
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    launcher = [sys.executable, "-m", "torch.distributed.run"]
+    if processes == 1:
+        return subprocess.run([sys.executable, str(script), *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=600)
+    if launch == "processes":
+        rendezvous = (["--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}", f"--rdzv_id={name}"]
+                      if torchrun else [f"--master_port={free_port()}"])  # c10d: what elastic restarts rendezvous on
+        cmd = [*launcher, f"--nproc_per_node={processes}", *rendezvous, *torchrun, str(script), *args]
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [subprocess.Popen([*launcher, f"--nnodes={processes}", "--nproc_per_node=1", "--rdzv_backend=c10d",
+                               f"--rdzv_endpoint={endpoint}", f"--rdzv_id={name}", *torchrun, str(script), *args],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(processes)]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    return subprocess.CompletedProcess(nodes[0].args, max(node.returncode for node in nodes),
+                                       "".join(o for o, _ in outputs), "".join(e for _, e in outputs))
 
 
-def test_two_gloo_processes_equal_one_process(tiny_data: Path, tmp_path: Path) -> None:
-    one = run(tmp_path, tiny_data, "one", 1)
+@pytest.fixture(scope="module")
+def one_process(tiny_data: Path, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    work = tmp_path_factory.mktemp("one")
+    one = run(work, tiny_data, "one", 1)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = run(tmp_path, tiny_data, "two", 2)
+    return work, one
+
+
+@pytest.mark.parametrize("launch", ["processes", "nodes"])
+def test_two_gloo_processes_equal_one_process(tiny_data: Path, tmp_path: Path, one_process, launch: str) -> None:
+    work, one = one_process
+    two = run(tmp_path, tiny_data, "two", 2, launch)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "2 process(es)" in two.stderr
 
-    a = load_checkpoint(tmp_path / "one" / "epoch_0001.pt")
+    a = load_checkpoint(work / "one" / "epoch_0001.pt")
     b = load_checkpoint(tmp_path / "two" / "epoch_0001.pt")
-    init = torch.load(tmp_path / "one_init.pt", weights_only=True)
+    init = torch.load(work / "one_init.pt", weights_only=True)
     assert a["step"] == b["step"] == 4
     # The two runs add the same numbers in another order, so they differ by float rounding accumulated
     # over 4 steps; that is measured against how far those steps moved the weights, tensor by tensor and
@@ -128,4 +163,23 @@ def test_two_gloo_processes_equal_one_process(tiny_data: Path, tmp_path: Path) -
     assert len(ap_two) == 1
     assert float(ap_one[0].split()[1]) == pytest.approx(float(ap_two[0].split()[1]), abs=1e-3)
     assert len((tmp_path / "two" / "log.jsonl").read_text().splitlines()) == len(
-        (tmp_path / "one" / "log.jsonl").read_text().splitlines())
+        (work / "one" / "log.jsonl").read_text().splitlines())
+
+
+def test_a_killed_worker_restarts_the_group_which_resumes_and_ends_as_uninterrupted(tiny_data: Path,
+                                                                                  tmp_path: Path) -> None:
+    """16 images at a total batch of 4: 4 steps an epoch. Rank 1 dies (``os._exit``, no checkpoint)
+    before step 6, in epoch 2; torchrun restarts both workers, which resume from epoch_0001.pt without
+    ``--resume`` and end with the same weights as a run nobody killed."""
+    ref = run(tmp_path, tiny_data, "ref", 2, epochs=2)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    killed = run(tmp_path, tiny_data, "killed", 2, epochs=2, torchrun=("--max_restarts=1",),
+                 env={"KILL_RANK1_AT_STEP": "6"})
+    assert killed.returncode == 0, killed.stderr[-3000:]
+    assert "elastic restart 1: resuming" in killed.stderr
+    assert "resumed from" in killed.stderr and "epoch_0001.pt" in killed.stderr
+    a = load_checkpoint(tmp_path / "ref" / "epoch_0002.pt")
+    b = load_checkpoint(tmp_path / "killed" / "epoch_0002.pt")
+    assert a["step"] == b["step"] == 8
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key

@@ -33,7 +33,14 @@ def init() -> DistInfo:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        if restart == "0":
+            dist.init_process_group(backend)
+        else:  # the rendezvous store can outlive a failed attempt: keep this attempt's keys apart from its
+            # (seen: a restarted gloo group reading the dead worker's address and failing to connect)
+            store, rank, size = next(dist.rendezvous("env://"))
+            dist.init_process_group(backend, store=dist.PrefixStore(f"detlab_attempt_{restart}", store),
+                                    rank=rank, world_size=size)
     return DistInfo(dist.get_rank(), dist.get_world_size())
 
 
