@@ -1,11 +1,9 @@
 """The inference model DetLab runs: BatchNorm folded into convolutions, channels_last."""
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 from torch import nn
 
@@ -13,7 +11,6 @@ from core.config.loading import load_config
 from core.engine.inference import inference_model
 from symbol.builder import build_detector
 from core.engine.rewrites.fold_bn import fold_batchnorm
-from core.engine.rewrites.level_subnet import split_level_norms
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 
@@ -102,76 +99,3 @@ def test_inference_model_leaves_the_training_model_alone() -> None:
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 108
-
-
-@pytest.mark.parametrize("name", ["effdet_b0", "effdet_lite0", "demo"])
-def test_head_level_norms_fold_into_per_level_convs(name: str) -> None:
-    """split_level_norms gives each level its own copy of the head's shared convs with its
-    BatchNorm folded in, and runs the coarse levels together on one canvas; the outputs stay,
-    whichever levels pack (none, the two or the three coarsest). Then no BatchNorm is left in
-    the inference network, and its outputs match the training model's."""
-    from core.engine.rewrites.level_subnet import LevelSubNet
-
-    cfg = load_config(CONFIG_DIR / f"{name}.py", ["dataset.image_size=128"])
-    model = build_detector(cfg, 3).eval()
-    _randomise_batchnorm(model)
-    split = copy.deepcopy(model)
-    assert split_level_norms(split) == 2  # class and box subnets
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in split.head.modules())
-    subnets = [m for m in split.modules() if isinstance(m, LevelSubNet)]
-    for max_packed_pixels in (0, 6, 20):  # at 128 x 160 P3-P7 are 16x20, 8x10, 4x5, 2x3, 1x2: none, P6-7, P5-7
-        for subnet in subnets:
-            subnet.max_packed_pixels = max_packed_pixels
-        x = torch.randn(2, 3, 128, 160)
-        for a, b in zip(_outputs(model, x), _outputs(split, x)):
-            assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * float(a.abs().max())), float((a - b).abs().max())
-    runner = inference_model(model, torch.device("cpu"))
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in runner.modules())
-    for a, b in zip(_outputs(model, x), _outputs(runner, x.to(memory_format=torch.channels_last))):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max())), float((a - b).abs().max())
-
-
-def test_level_canvas_places_and_splits_exactly() -> None:
-    """Maps placed on a LevelCanvas come back bit for bit, with ``gap`` zeros between them and zero
-    elsewhere; a 3x3 conv over the canvas gives each map exactly its own zero-padded conv."""
-    from core.engine.rewrites.level_canvas import LevelCanvas
-
-    torch.manual_seed(0)
-    maps = [torch.randn(2, 4, h, w) for h, w in [(16, 16), (8, 8), (4, 4), (3, 2)]]
-    canvas = LevelCanvas([tuple(m.shape[-2:]) for m in maps], gap=1)
-    assert canvas.origins == [(0, 0), (0, 17), (9, 17), (14, 17)]
-    placed = canvas.place(maps)
-    assert placed.shape == (2, 4, 17, 25)
-    assert int((placed != 0).sum()) == sum(int((m != 0).sum()) for m in maps)
-    for a, b in zip(maps, canvas.split(placed)):
-        assert torch.equal(a, b)
-    conv = nn.Conv2d(4, 6, 3, padding=1, bias=False)
-    with torch.no_grad():
-        for alone, together in zip([conv(m) for m in maps], canvas.split(conv(placed))):
-            assert torch.allclose(alone, together, atol=1e-6)
-    with pytest.raises(ValueError, match="laid out for sizes"):
-        canvas.place(maps[:3])
-
-
-def test_squeeze_excite_projections_keep_outputs() -> None:
-    """replace_excite_convs swaps the 2 x 16 one-pixel 1x1 convs of EfficientNet-B0's
-    squeeze-excite blocks; the block outputs stay (to float rounding), and any other input shape
-    is refused."""
-    from timm.models._efficientnet_blocks import SqueezeExcite
-
-    from core.engine.rewrites.squeeze_excite import PixelProjection, replace_excite_convs
-
-    torch.manual_seed(0)
-    plain = timm.create_model("tf_efficientnet_b0", features_only=True, out_indices=[2, 3, 4]).eval()
-    swapped = copy.deepcopy(plain)
-    assert replace_excite_convs(swapped) == 16
-    assert sum(isinstance(m, PixelProjection) for m in swapped.modules()) == 32
-    assert not any(isinstance(m.conv_reduce, nn.Conv2d) for m in swapped.modules() if isinstance(m, SqueezeExcite))
-    x = torch.randn(2, 3, 96, 128)
-    with torch.no_grad():
-        for got, expected in zip(swapped(x), plain(x)):
-            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match=r"\[B, C, 1, 1\]"):
-        PixelProjection(nn.Conv2d(4, 2, 1))(torch.randn(1, 4, 2, 2))
-    with pytest.raises(ValueError, match="plain 1x1 conv"):
-        PixelProjection(nn.Conv2d(4, 2, 3))

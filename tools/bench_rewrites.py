@@ -8,8 +8,7 @@ and that network with one rewrite left out. For each rewrite it prints the media
 ``time without it / time with all`` and the 10th-90th percentile spread of that ratio: a rewrite
 gains only where the whole spread is above 1. The network is timed alone (no post-processing), on
 random input, channels_last, under ``torch.no_grad``. ``--compile`` times the compiled forms
-instead (``compile_for_inference``) with and without the squeeze-excite rewrite, the one that
-exists for inductor; compiling takes minutes on a small CPU. It also times ``core.ops.nms.class_nms`` (same-class pairs resolved in
+instead (``compile_for_inference``); compiling takes minutes on a small CPU. It also times ``core.ops.nms.class_nms`` (same-class pairs resolved in
 rounds when the classes cut the pairs 16-fold) against one shifted ``torchvision.ops.nms`` over
 ``--candidates`` boxes of 90 classes, clustered as a detector's candidates are.
 """
@@ -29,28 +28,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.config.loading import load_config  # noqa: E402
 from core.engine.inference import compile_for_inference  # noqa: E402
 from core.engine.rewrites.fold_bn import fold_batchnorm  # noqa: E402
-from core.engine.rewrites.level_subnet import split_level_norms  # noqa: E402
-from core.engine.rewrites.squeeze_excite import replace_excite_convs  # noqa: E402
-from core.engine.rewrites.strided_same_conv import replace_strided_same_convs  # noqa: E402
 from core.ops.nms import _shifted_nms, class_nms  # noqa: E402
 from symbol.builder import build_detector  # noqa: E402
 from utils.benchmark import ratio_spread, time_interleaved  # noqa: E402
 
-REWRITES: dict[str, Callable[[nn.Module], object]] = {
-    "level_subnet": split_level_norms,          # the EfficientDet head per level, coarse levels on one canvas
-    "strided_same_conv": replace_strided_same_convs,  # TF-SAME stride-2 convs without the padded copy
-}
+# rewrites applied before the fold, by name (none left: the head's per-level form, the TF-SAME strided
+# convs and the squeeze-excite products were measured here without a gain and deleted on 2026-12-01)
+REWRITES: dict[str, Callable[[nn.Module], object]] = {}
 
 
 def variant(model: nn.Module, leave_out: str | None, compiled: bool, device: torch.device) -> nn.Module:
     """``model`` rewritten as ``inference_model`` does, without the rewrite ``leave_out``
-    ("fold_bn", "squeeze_excite" or a ``REWRITES`` name; None: all of them)."""
+    ("fold_bn" or a ``REWRITES`` name; None: all of them)."""
     network = copy.deepcopy(model)
     for name, rewrite in REWRITES.items():
         if name != leave_out:
             rewrite(network)
-    if compiled and leave_out != "squeeze_excite":
-        replace_excite_convs(network)
     if leave_out != "fold_bn":
         example = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
         network, _ = fold_batchnorm(network, example.to(device, memory_format=torch.channels_last))
@@ -73,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     size = cfg.dataset.image_size
     x = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     x = x.to(device, memory_format=torch.channels_last)
-    # compiled, only the squeeze-excite rewrite is new (it exists for inductor); the others are timed eager
-    left_out = ["squeeze_excite"] if args.compile else ["fold_bn", *REWRITES]
+    left_out = ["fold_bn", *REWRITES]
     networks = {"all": variant(model, None, args.compile, device)}
     networks.update({f"without {name}": variant(model, name, args.compile, device) for name in left_out})
 

@@ -18,32 +18,20 @@ from core.inference.ensemble import flip_inputs, unflip_boxes
 from core.ops.postprocess import Detections, detections_to_cpu
 from core.tasks.task import Task
 from core.engine.rewrites.fold_bn import fold_batchnorm
-from core.engine.rewrites.level_subnet import split_level_norms
-from core.engine.rewrites.squeeze_excite import replace_excite_convs
-from core.engine.rewrites.strided_same_conv import replace_strided_same_convs
 
 
 def inference_model(model: nn.Module, device: torch.device, compile_model: bool = False) -> nn.Module:
     """``model`` (a ``symbol.detector.Detector``) as DetLab runs it for inference: on ``device``, in
-    eval mode, channels_last, with BatchNorm folded into the convolutions that feed it (a new
-    module; ``model`` is only moved to ``device`` and set to eval, its weights stay; the
-    EfficientDet head's per-level norms fold into per-level copies of its convs, its coarse levels
-    share one canvas: ``core.engine.rewrites.level_subnet.LevelSubNet``), TF-SAME stride-2
-    convolutions without a padded copy (``core.engine.rewrites.strided_same_conv``); when ``compile_model``
-    (``General.compile``), squeeze-excite projections as fusable products
-    (``core.engine.rewrites.squeeze_excite``) and compiled by :func:`compile_for_inference`. Outputs equal the
-    plain eval-mode model's to float rounding: the folding is checked on one small random input
-    when built (``core.engine.rewrites.fold_bn``); the other rewrites are exact copies, checked by the tests."""
+    eval mode, channels_last, as a new module with every BatchNorm that follows a convolution alone
+    folded into it (``core.engine.rewrites.fold_bn``; ``model`` is only moved to ``device`` and set to
+    eval, its weights stay), and when ``compile_model`` (``General.compile``) compiled by
+    :func:`compile_for_inference`. Outputs equal the plain eval-mode model's to float rounding: the
+    folding is checked on one small random input when built."""
     model = model.to(device, memory_format=torch.channels_last).eval()
     side = max(128, 2 ** max(model.levels))  # the coarsest level still has a pixel
     example = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0))  # leaves the global RNG be
     example = example.to(device, memory_format=torch.channels_last)
-    network = copy.deepcopy(model)
-    split_level_norms(network)  # head norms folded per level; coarse levels on one canvas
-    replace_strided_same_convs(network)  # TF-SAME stride-2 convs without a padded copy of their input
-    if compile_model:  # eager, the product and sum are 7 dispatched ops for each conv's one, for nothing
-        replace_excite_convs(network)
-    folded, _ = fold_batchnorm(network, example)
+    folded, _ = fold_batchnorm(copy.deepcopy(model), example)
     return compile_for_inference(folded, device) if compile_model else folded
 
 
