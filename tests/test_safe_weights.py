@@ -299,3 +299,18 @@ def test_own_checkpoints_and_packaged_weights_need_no_opt_in(tmp_path: Path, tin
     capsys.readouterr()
     assert Trainer(cfg, resume=True).epoch == 2
     assert str(tmp_path / "run" / "epoch_0002.pt") in capsys.readouterr().err
+
+
+def test_export_refuses_to_replace_an_existing_output(tmp_path: Path, capsys) -> None:
+    """utils.export writes nothing over a file that exists (the ONNX file, and the IR beside it for
+    --format openvino) unless --overwrite; it says so in one line before reading the weights."""
+    from core.engine.output_paths import OutputPathError
+    from utils import export
+
+    existing = tmp_path / "m.onnx"
+    existing.write_bytes(b"the user's model")
+    for fmt, out in (("onnx", existing), ("openvino", tmp_path / "m.xml")):
+        with pytest.raises(OutputPathError, match="m.onnx: exists; pass --overwrite"):
+            export.main(["--config", str(DEMO), "--weights", str(tmp_path / "none.pt"), "--out", str(out),
+                         "--format", fmt])
+    assert existing.read_bytes() == b"the user's model"

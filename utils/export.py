@@ -31,6 +31,7 @@ import torch
 
 from core.config.loading import load_config
 from core.engine.cli import add_allow_pickle, run_main
+from core.engine.output_paths import refuse_existing
 from core.engine.tester import load_trained
 from core.inference.exported import export_onnx, save_openvino
 
@@ -45,12 +46,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--postprocess", action="store_true",
                         help="end the graph in detections (boxes, scores, labels); batch 1")
     parser.add_argument("--set", action="append", default=[], metavar="Section.field=value")
+    parser.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
     add_allow_pickle(parser)
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.set + (["pretrain.allow_pickle=True"] if args.allow_pickle else []))
-    trained = load_trained(cfg, Path(args.weights), torch.device("cpu"))
     out = args.out or Path(args.weights).with_suffix(".xml" if args.format == "openvino" else ".onnx")
     onnx_path = out.with_suffix(".onnx")
+    written = [onnx_path] + ([out, out.with_suffix(".bin")] if args.format == "openvino" else [])
+    refuse_existing(written, args.overwrite, "choose another --out")  # before any work, nothing replaced
+    cfg = load_config(args.config, args.set + (["pretrain.allow_pickle=True"] if args.allow_pickle else []))
+    trained = load_trained(cfg, Path(args.weights), torch.device("cpu"))
     names = export_onnx(trained.model, trained.task, cfg.dataset.image_size, onnx_path, args.batch, args.postprocess)
     if args.format == "openvino":  # OpenVINO reads the ONNX graph; its IR is model.xml + model.bin beside it
         save_openvino(onnx_path, out)

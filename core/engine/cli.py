@@ -42,15 +42,17 @@ def load_from_args(args: argparse.Namespace) -> Config:
 
 
 def run_main(main: Callable[[], int | None]) -> None:
-    """Run ``main``; user errors (bad config, dataset, checkpoint, run folder) exit 2 with one clear line."""
+    """Run ``main``; user errors (bad config, dataset, checkpoint, run folder, an output that exists)
+    exit 2 with one clear line."""
     from core.engine.checkpoint import CheckpointError
     from core.data.records import DatasetError
+    from core.engine.output_paths import OutputPathError
     from core.engine.run_folder import RunFolderError
     from core.engine.signals import TrainingInterrupted
 
     try:
         sys.exit(main() or 0)
-    except (ConfigError, DatasetError, CheckpointError, RunFolderError, FileNotFoundError) as err:
+    except (ConfigError, DatasetError, CheckpointError, RunFolderError, OutputPathError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except TrainingInterrupted as err:
