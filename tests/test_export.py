@@ -30,7 +30,7 @@ def test_onnx_matches_pytorch(config: str, tmp_path: Path) -> None:
     images = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         out = model(images)
-    expected = list(out[0]) + list(out[1]) if isinstance(out, tuple) else list(out)
+    expected = [o.permute(0, 2, 3, 1) for o in (list(out[0]) + list(out[1]) if isinstance(out, tuple) else list(out))]
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(names, {"images": images.numpy()})
     assert len(got) == len(expected)

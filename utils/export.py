@@ -5,8 +5,9 @@
 
 The ONNX graph is the network alone by default: input ``images`` float32 ``[B, 3, S, S]``
 (normalised as the config says), outputs ``class_logits_P3..`` and ``box_deltas_P3..`` for
-EfficientDet/RetinaNet heads (``[B, A*C, H_l, W_l]`` and ``[B, A*4, H_l, W_l]``) or ``yolo_P3..``
-for YOLO heads; anchors, decoding and NMS then stay in DetLab (``core.tasks.task``).
+EfficientDet/RetinaNet heads (``[B, H_l, W_l, A*C]`` and ``[B, H_l, W_l, A*4]``, channels last: the
+torch network's ``[B, C, H, W]`` outputs permuted) or ``yolo_P3..`` for YOLO heads; anchors, decoding
+and NMS then stay in DetLab (``core.tasks.task``).
 
 ``--postprocess`` (batch 1) appends the post-processing to the
 graph: outputs ``boxes`` ``[K, 4]`` xyxy in input pixels, ``scores`` ``[K]`` and ``labels``

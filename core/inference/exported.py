@@ -1,7 +1,8 @@
 """An exported detector network: ONNX export, and the exported graph run by ONNX Runtime or OpenVINO.
 
 ``export_onnx`` writes the network alone (input ``images`` float32 ``[B, 3, S, S]``, normalised as the
-config says; one output per level and kind, named by the head family's ``output_names``), or with
+config says; one output per level and kind, named by the head family's ``output_names``, each the torch
+network's ``[B, C, H, W]`` output as ``[B, H, W, C]``), or with
 ``postprocess`` the network followed by its post-processing (``boxes``, ``scores``, ``labels``).
 :class:`ExportedNetwork` runs the plain export in a deployment runtime and is called like the torch
 network: ``images [B, 3, S, S]`` in, the network's raw outputs (nested as the head gives them) out,
@@ -25,7 +26,9 @@ RUNTIMES = ("onnxruntime", "openvino")
 
 
 class _FlatOutputs(nn.Module):
-    """The detector with its nested list outputs flattened into a tuple (ONNX needs flat outputs)."""
+    """The detector with its nested list outputs flattened into a tuple (ONNX needs flat outputs), each
+    ``[B, C, H, W]`` output as ``[B, H, W, C]``: the order the decoding reads, so the runtime lays the
+    values out once instead of the caller copying each output again."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -33,9 +36,8 @@ class _FlatOutputs(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(images)
-        if isinstance(out, tuple):  # (class_logits per level, box_deltas per level)
-            return tuple(out[0]) + tuple(out[1])
-        return tuple(out)
+        flat = tuple(out[0]) + tuple(out[1]) if isinstance(out, tuple) else tuple(out)
+        return tuple(o.permute(0, 2, 3, 1) for o in flat)
 
 
 class _WithPostprocess(nn.Module):
@@ -138,7 +140,11 @@ class ExportedNetwork:
             compiled = ov.Core().compile_model(str(path), "CPU", config)
             outputs = [compiled.output(name) for name in self.names]
             request = compiled.create_infer_request()
-            self._run = lambda x: [request.infer({"images": x})[o] for o in outputs]
+
+            def run(x: np.ndarray) -> list[np.ndarray]:
+                results = request.infer({"images": x})  # one inference, all outputs
+                return [results[o] for o in outputs]
+            self._run = run
 
     def eval(self) -> "ExportedNetwork":
         return self  # always an inference graph; called as a torch module's eval() is
@@ -155,7 +161,9 @@ class ExportedNetwork:
             if n < self.batch:
                 chunk = np.concatenate([chunk, np.zeros((self.batch - n, *chunk.shape[1:]), chunk.dtype)])
             parts.append([np.asarray(a)[:n] for a in self._run(chunk)])
-        flat = [torch.from_numpy(np.concatenate([p[k] for p in parts])) for k in range(len(self.names))]
+        # [B, H, W, C] arrays as the torch network's [B, C, H, W] outputs in channels_last (no copy)
+        flat = [torch.from_numpy(np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k])
+                .permute(0, 3, 1, 2) for k in range(len(self.names))]
         return nested_outputs(flat, self.num_levels)
 
 
