@@ -25,7 +25,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.engine.cli import config_parser, load_from_args, run_main
+from core.engine.cli import add_runtime_arguments, config_parser, load_from_args, run_main
 
 if TYPE_CHECKING:  # the heavy imports stay inside main()
     import torch
@@ -44,9 +44,7 @@ def main() -> int:
                         "(default: this run's newest)")
     parser.add_argument("--split", default="val", help="dataset split to test on (default: val)")
     parser.add_argument("--results", help="evaluate this COCO results json instead of running a model")
-    parser.add_argument("--runtime", choices=["torch", "onnxruntime", "openvino"], default="torch",
-                        help="run the network in PyTorch (default) or exported to ONNX and run by ONNX Runtime or "
-                        "OpenVINO on the CPU, with DetLab's post-processing, so the export is scored")
+    add_runtime_arguments(parser)
     parser.add_argument("--vis", metavar="DIR", help="save images with their detections drawn into DIR")
     parser.add_argument("--vis-score", type=float, default=0.3, help="lowest score drawn with --vis")
     parser.add_argument("--tta", metavar="SPEC", help="test-time augmentation: 'flip', scales such as '0.8,1.2', "
@@ -114,15 +112,14 @@ def main() -> int:
         trained = load_run_weights(cfg, args.epoch, args.weights, device)
         if args.runtime != "torch":
             import dataclasses
-            import tempfile
 
-            from core.inference.exported import export_network
+            from core.inference.exported import deployed_network
 
-            with tempfile.TemporaryDirectory() as folder:  # the runtime holds the graph once loaded
-                exported = export_network(trained.model, trained.task, cfg.dataset.image_size, args.runtime,
-                                          Path(folder), batch=cfg.test.batch_image)
+            exported = deployed_network(trained.model, trained.task, cfg, args.runtime, cfg.test.batch_image,
+                                        args.calib_images)
             trained = dataclasses.replace(trained, model=exported)
-            print(f"runtime: {args.runtime} (the network exported to ONNX, batch {cfg.test.batch_image}; "
+            calibrated = f", calibrated on {args.calib_images} training images" if args.runtime.endswith("int8") else ""
+            print(f"runtime: {args.runtime} (the network exported to ONNX, batch {cfg.test.batch_image}{calibrated}; "
                   f"DetLab's post-processing)")
         if trained.class_names != spec.class_names:
             print(f"warning: model classes {trained.class_names} differ from dataset classes {spec.class_names}")

@@ -518,19 +518,23 @@ def test_detection_test_tiles_and_writes_confusion_matrices(tile_model: dict, tm
     assert diagonal["confusion_val_tiled"] > diagonal["confusion_val"] + objects.sum() // 10, diagonal
 
 
-@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino", "openvino-int8"])
 def test_detection_test_scores_the_exported_network_in_each_runtime(tile_model: dict, tmp_path: Path, runtime: str,
                                                                     monkeypatch: pytest.MonkeyPatch,
                                                                     capsys: pytest.CaptureFixture) -> None:
     """detection_test.py --runtime exports the trained network and runs it in ONNX Runtime or OpenVINO
     with DetLab's post-processing, tiles included (--tile, where this model finds its objects): the
     tiled AP and AP50 equal PyTorch's on the same pictures (the graphs compute the same sums in
-    another order, so detections differ by float rounding only)."""
-    pytest.importorskip(runtime)
+    another order, so detections differ by float rounding only). INT8 (NNCF, calibrated on the
+    set's 4 training pictures) may lose at most 1.0 AP and 1.0 AP50 (points of percent)."""
+    pytest.importorskip("openvino" if runtime.startswith("openvino") else runtime)
+    if runtime.endswith("int8"):
+        pytest.importorskip("nncf")
     import detection_test
 
     root = tmp_path / "set"
     write_shapes(root, "val", 3, seed=2002)
+    write_shapes(root, "train", 4, seed=2003)  # the INT8 calibration's pictures
     overrides = [o for o in tile_model["overrides"] if not o.startswith("dataset.data=")]
     overrides.append(f"dataset.data={root / 'data.yaml'}")
     tiled = {}
@@ -545,4 +549,42 @@ def test_detection_test_scores_the_exported_network_in_each_runtime(tile_model: 
         line = next(line for line in out.splitlines() if line.startswith(row))
         tiled[name] = [float(v) for v in line[len(row):].split()[:2]]  # AP, AP50 in percent
     assert tiled["torch"][1] > 30, tiled  # the model finds its objects, so the comparison means something
-    assert tiled[runtime] == pytest.approx(tiled["torch"], abs=0.5), tiled
+    if runtime.endswith("int8"):
+        assert all(q >= t - 1.0 for q, t in zip(tiled[runtime], tiled["torch"])), tiled
+    else:
+        assert tiled[runtime] == pytest.approx(tiled["torch"], abs=0.5), tiled
+
+
+def test_export_int8_writes_a_quantized_ir_that_detects_as_torch_does(tile_model: dict, tmp_path: Path) -> None:
+    """utils.export --format openvino --int8: an OpenVINO IR with 8-bit quantization, calibrated on the
+    config's training pictures; run by OpenVINO its class logits follow PyTorch's (correlation > 0.98 on a
+    tile of a picture; an uncalibrated range or a wrong input layout falls far below)."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    import openvino as ov
+
+    from core.inference.exported import ExportedNetwork
+    from utils import export
+
+    root = tmp_path / "set"
+    write_shapes(root, "train", 4, seed=2003)
+    overrides = [o for o in tile_model["overrides"] if not o.startswith("dataset.data=")]
+    overrides.append(f"dataset.data={root / 'data.yaml'}")
+    out = tmp_path / "int8" / "model.xml"
+    assert export.main(["--config", str(ROOT / "config/demo.py"), *[a for o in overrides for a in ("--set", o)],
+                        "--weights", str(tile_model["ckpt"]), "--format", "openvino", "--int8", "--calib-images", "4",
+                        "--batch", "2", "--out", str(out)]) == 0
+    kinds = {op.get_type_name() for op in ov.Core().read_model(str(out)).get_ops()}
+    assert "FakeQuantize" in kinds, kinds
+    det = Predictor.from_checkpoint(tile_model["ckpt"], ROOT / "config/demo.py", "cpu", overrides)
+    net = ExportedNetwork(out, "openvino-int8", det.task.output_names(list(det.model.levels)), len(det.model.levels), 2)
+    from core.data.dataset import load_image
+    from core.data.spec import load_dataset_spec, read_split
+
+    record = read_split(load_dataset_spec(root / "data.yaml"), "train")[0]
+    picture = torch.from_numpy(np.asarray(load_image(record), dtype=np.float32)[:TILE, :TILE]).permute(2, 0, 1)
+    x = ((picture / 255 - 0.5) / 0.5)[None].repeat(2, 1, 1, 1)
+    with torch.no_grad():
+        expected = det.model(x)[0][0].flatten()
+    got = net(x)[0][0].flatten()
+    assert torch.corrcoef(torch.stack([expected, got]))[0, 1] > 0.98

@@ -15,10 +15,11 @@ the spread over rounds); effdet runs in its default contiguous layout unless ``-
 ``--compile`` wraps both sides' networks in ``torch.compile``. On a GPU it also prints achieved
 TFLOP/s and the fraction of the device's dense bf16 peak.
 
-``--runtimes torch,torch-compiled,onnxruntime,openvino`` times prediction only (batch
+``--runtimes torch,torch-compiled,onnxruntime,openvino,openvino-int8`` times prediction only (batch
 ``--predict-batch``, post-processing included, detections moved to the CPU), once per runtime:
 PyTorch eager and compiled (``inference_model``), and the network exported to ONNX and run by ONNX
-Runtime or OpenVINO (float32, ``core.inference.exported``), interleaved round by round; with
+Runtime or OpenVINO (float32), or quantized to INT8 and run by OpenVINO (``core.inference.exported``),
+interleaved round by round; with
 ``--compare effdet`` next to effdet's eager ``DetBenchPredict`` (and its compiled one with
 ``--compile``), with each runtime's ratio to effdet's compiled (else eager) prediction.
 
@@ -189,13 +190,14 @@ def effdet_fns(cfg, num_classes: int, device: torch.device, train_batch: int, pr
     return {"train": train, "predict": predict}
 
 
-RUNTIMES = ("torch", "torch-compiled", "onnxruntime", "openvino")
+RUNTIMES = ("torch", "torch-compiled", "onnxruntime", "openvino", "openvino-int8")
 
 
 def runtime_fns(cfg, num_classes: int, device: torch.device, predict_batch: int, runtimes: Sequence[str],
                 precision: str) -> dict[str, Callable[[], None]]:
     """One prediction (network, decoding, NMS, detections on the CPU) of ``predict_batch`` random
-    images per runtime, all of one network with the same random weights."""
+    images per runtime, all of one network with the same random weights (``openvino-int8`` calibrated on
+    8 batches of random images: its speed, not its accuracy, is measured here)."""
     import tempfile
 
     from core.inference.exported import export_network
@@ -203,7 +205,9 @@ def runtime_fns(cfg, num_classes: int, device: torch.device, predict_batch: int,
     size = cfg.dataset.image_size
     model = build_detector(cfg, num_classes).to(device, memory_format=torch.channels_last).eval()
     task = build_task(cfg, model)
-    x = torch.randn(predict_batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(predict_batch, 3, size, size, generator=gen)
+    calibration = [torch.randn(predict_batch, 3, size, size, generator=gen).numpy() for _ in range(8)]
     targets = [{"scale": 1.0, "orig_size": (size, size)}] * predict_batch
     fns: dict[str, Callable[[], None]] = {}
     for runtime in runtimes:
@@ -212,7 +216,7 @@ def runtime_fns(cfg, num_classes: int, device: torch.device, predict_batch: int,
         else:
             with tempfile.TemporaryDirectory() as folder:
                 net = export_network(inference_model(model, torch.device("cpu")), task, size, runtime, Path(folder),
-                                     predict_batch, torch.get_num_threads())
+                                     predict_batch, torch.get_num_threads(), calibration)
             on = torch.device("cpu")
         fns[f"detlab/predict-{runtime}"] = (lambda net, on: lambda: detect_batch(net, task, x, targets, on,
                                                                                  precision))(net, on)

@@ -120,7 +120,7 @@ class Progress:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
-    from core.engine.cli import add_allow_pickle
+    from core.engine.cli import add_allow_pickle, add_runtime_arguments
 
     ap = argparse.ArgumentParser(prog="python -m utils.predict", description=__doc__.split("\n")[0])
     ap.add_argument("images", nargs="+", metavar="INPUTS", help="picture or video files, folders or glob patterns")
@@ -134,9 +134,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                                                  "the config's test section keeps)")
     ap.add_argument("--tta", help="test-time augmentation: 'flip', scales such as '0.8,1.2', or both")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    ap.add_argument("--runtime", choices=["torch", "onnxruntime", "openvino"], default="torch",
-                    help="run the network in PyTorch (default) or exported to ONNX and run by ONNX Runtime or "
-                         "OpenVINO on the CPU (with DetLab's post-processing)")
+    add_runtime_arguments(ap)
     ap.add_argument("--batch", type=int, help="pictures per forward pass (default: test.batch_image)")
     add_tile_arguments(ap)
     ap.add_argument("--video-dir", metavar="DIR", help="where a video's <name>.jsonl and <name>_detections.mp4 go "
@@ -212,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
                          "need --runtime torch (flip works)")
     tiling = getattr(args, "tiling", None)
     det = Predictor.from_checkpoint(args.weights, args.config, args.device, args.set, allow_pickle=args.allow_pickle,
-                                    runtime=args.runtime)
+                                    runtime=args.runtime, calibration_images=args.calib_images)
     print(f"{len(paths)} pictures, {len(videos)} videos, model {det.source} ({len(det.class_names)} classes), "
           f"tta {tta.describe() if tta else 'none'}, {tiling.describe() if tiling else 'no tiles'}")
     if paths or not videos:

@@ -27,6 +27,19 @@ def add_allow_pickle(parser: argparse.ArgumentParser) -> None:
                              "unpickling can run code, so only for files you trust (= pretrain.allow_pickle = True)")
 
 
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--runtime`` (PyTorch, or the network exported and run by a deployment runtime on the CPU, with
+    DetLab's post-processing) and ``--calib-images`` (the INT8 runtime's calibration)."""
+    from core.inference.exported import DEFAULT_CALIBRATION_IMAGES, RUNTIMES
+
+    parser.add_argument("--runtime", choices=["torch", *RUNTIMES], default="torch",
+                        help="run the network in PyTorch (default), or exported to ONNX and run by ONNX Runtime or "
+                        "OpenVINO on the CPU, or quantized to INT8 by NNCF and run by OpenVINO (openvino-int8)")
+    parser.add_argument("--calib-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
+                        help="--runtime openvino-int8: training images the quantization is calibrated on "
+                        f"(default {DEFAULT_CALIBRATION_IMAGES})")
+
+
 def load_from_args(args: argparse.Namespace) -> Config:
     """The config named by ``args.config`` with ``--set`` and ``--data`` applied, its values checked."""
     from core.config.checks import check_values

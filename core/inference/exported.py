@@ -9,11 +9,19 @@ network: ``images [B, 3, S, S]`` in, the network's raw outputs (nested as the he
 so the task's decoding, ``core.engine.inference.detect_batch`` and everything built on it run on it
 unchanged. That is how ``detection_test.py --runtime``, ``utils.predict --runtime`` and
 ``utils.benchmark --runtimes`` measure the exported model.
+
+``openvino-int8`` is the OpenVINO graph quantized after training by NNCF (``quantize_openvino``),
+calibrated on images of the training set (``calibration_batches``): 8-bit weights and activations for
+the dense convolutions, the depthwise ones left in floating point (OpenVINO's CPU plugin runs them in
+float whatever the graph says; quantizing their inputs only adds conversions).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Sequence
+
+import math
+import tempfile
 
 import numpy as np
 import torch
@@ -22,7 +30,8 @@ from torchvision.ops import nms
 
 from core.tasks.task import Task
 
-RUNTIMES = ("onnxruntime", "openvino")
+RUNTIMES = ("onnxruntime", "openvino", "openvino-int8")
+DEFAULT_CALIBRATION_IMAGES = 128
 
 
 class _FlatOutputs(nn.Module):
@@ -107,9 +116,10 @@ def nested_outputs(flat: Sequence[torch.Tensor], num_levels: int) -> Any:
 
 
 class ExportedNetwork:
-    """An ONNX export of a DetLab network (``export_onnx`` without ``postprocess``) run by ``runtime``
-    (``"onnxruntime"`` or ``"openvino"``, both in float32) on the CPU with ``threads`` threads (None:
-    the runtime's choice). ``batch``: the export's fixed batch; a call with fewer images pads them, with more runs
+    """An export of a DetLab network (``export_onnx`` without ``postprocess``) run by ``runtime`` on the CPU
+    with ``threads`` threads (None: the runtime's choice): ``"onnxruntime"`` or ``"openvino"`` run the ONNX
+    file ``path`` in float32; ``"openvino-int8"`` runs ``quantize_openvino``'s IR ``path``, its float parts
+    in the precision OpenVINO picks for the CPU (bfloat16 where the CPU has it). ``batch``: the export's fixed batch; a call with fewer images pads them, with more runs
     them ``batch`` at a time. ``__call__(images [N, 3, S, S]) -> the raw outputs`` as the torch
     network returns them (float32 CPU tensors)."""
 
@@ -136,7 +146,9 @@ class ExportedNetwork:
                 raise SystemExit("error: --runtime openvino needs openvino: pip install -r requirements-deploy.txt") \
                     from None
             # f32: on CPUs with bf16 units OpenVINO would otherwise compute in bf16 (2-3 significant digits)
-            config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+            config = {"INFERENCE_PRECISION_HINT": "f32"} if runtime == "openvino" else {}
+            if threads:
+                config["INFERENCE_NUM_THREADS"] = threads
             compiled = ov.Core().compile_model(str(path), "CPU", config)
             outputs = [compiled.output(name) for name in self.names]
             request = compiled.create_infer_request()
@@ -168,13 +180,73 @@ class ExportedNetwork:
 
 
 def export_network(model: nn.Module, task: Task, image_size: int, runtime: str, folder: Path, batch: int = 1,
-                   threads: int | None = None) -> ExportedNetwork:
-    """``model`` exported to ``folder/model.onnx`` and loaded in ``runtime`` (see :class:`ExportedNetwork`).
-    A compiled network (``torch.compile``) is exported as the module it wraps."""
+                   threads: int | None = None,
+                   calibration: Sequence[np.ndarray] | None = None) -> ExportedNetwork:
+    """``model`` exported to ``folder/model.onnx`` (``openvino-int8``: quantized on ``calibration``, batches
+    ``[batch, 3, S, S]`` as ``calibration_batches`` makes them, into ``folder/model_int8.xml``) and loaded in
+    ``runtime`` (see :class:`ExportedNetwork`). A compiled network (``torch.compile``) is exported as the
+    module it wraps."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime '{runtime}'; choose one of {', '.join(RUNTIMES)}")
     model = getattr(model, "_orig_mod", model)
     path = Path(folder) / "model.onnx"
     names = export_onnx(model, task, image_size, path, batch)
+    if runtime == "openvino-int8":
+        if not calibration:
+            raise ValueError("openvino-int8 needs calibration images (calibration_batches)")
+        path = quantize_openvino(path, Path(folder) / "model_int8.xml", calibration)
     return ExportedNetwork(path, runtime, names, len(model.levels), batch, threads)
+
+
+def deployed_network(model: nn.Module, task: Task, cfg: Any, runtime: str, batch: int,
+                     calibration_images: int = DEFAULT_CALIBRATION_IMAGES) -> ExportedNetwork:
+    """The trained ``model`` (its config ``cfg``) exported for ``runtime`` at the config's input size and
+    batch ``batch``, in a temporary folder (the runtime holds the graph once loaded); ``openvino-int8`` is
+    calibrated on ``calibration_images`` images of the config's training split."""
+    calibration = calibration_batches(cfg, calibration_images, batch) if runtime == "openvino-int8" else None
+    with tempfile.TemporaryDirectory() as folder:
+        return export_network(model, task, cfg.dataset.image_size, runtime, Path(folder), batch, None, calibration)
+
+
+def calibration_batches(cfg: Any, count: int, batch: int, split: str = "train") -> list[np.ndarray]:
+    """``count`` images of the config's ``split`` (spread evenly over it), as the network sees them in
+    evaluation (resized, padded, normalised: ``core.data.loader`` without augmentation), in float32
+    batches ``[batch, 3, S, S]``; the last batch is filled up with the first images."""
+    from core.data.loader import build_loader
+    from core.data.spec import load_dataset_spec, read_split
+
+    if count < 1:
+        raise ValueError(f"calibration needs at least one image; got {count}")
+    spec = load_dataset_spec(cfg.dataset.data)
+    if split not in spec.splits:
+        raise SystemExit(f"error: {spec.path}: INT8 calibration reads the '{split}' split, which this dataset "
+                         f"lacks; add it (splits: {', '.join(spec.splits)})")
+    records = read_split(spec, split)
+    step = max(1, len(records) // count)
+    chosen = records[::step][:count]
+    images = [x for x, _ in build_loader(cfg, chosen, train=False, batch_size=batch)]
+    flat = torch.cat(images).contiguous().numpy()
+    need = math.ceil(len(flat) / batch) * batch
+    flat = flat[np.arange(need) % len(flat)]  # the first images again where the last batch is short
+    return [flat[i:i + batch] for i in range(0, need, batch)]
+
+
+def quantize_openvino(onnx_path: Path, xml_path: Path, calibration: Sequence[np.ndarray]) -> Path:
+    """The ONNX graph at ``onnx_path`` quantized to INT8 by NNCF's post-training quantization on the
+    ``calibration`` batches (each one input of the graph), written as OpenVINO IR to ``xml_path``
+    (and its ``.bin``), which is returned. Depthwise (group) convolutions stay in floating point."""
+    try:
+        import nncf
+        import openvino as ov
+    except ImportError:
+        raise SystemExit("error: INT8 quantization needs nncf and openvino: pip install -r requirements-deploy.txt") \
+            from None
+    model = ov.Core().read_model(str(onnx_path))
+    quantized = nncf.quantize(model, nncf.Dataset(list(calibration)), subset_size=len(calibration),
+                              ignored_scope=nncf.IgnoredScope(types=["GroupConvolution"], validate=False))
+    xml_path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(quantized, str(xml_path))
+    return xml_path
 
 
 def save_openvino(onnx_path: Path, xml_path: Path) -> None:

@@ -36,6 +36,7 @@ from core.data.transforms import DetectionTransform, build_transform
 from core.engine.inference import detect_batch
 from core.engine.runtime import select_device
 from core.inference.ensemble import WBF_IOU, TTAPlan, fuse_detections, scaled_size
+from core.inference.exported import DEFAULT_CALIBRATION_IMAGES, deployed_network
 from core.ops.postprocess import Detections
 from core.tasks.task import build_task
 from core.inference.tiling import TilePlan, merge_detections, shift_detections, tile_count, tile_windows
@@ -108,15 +109,17 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, config: str | os.PathLike | Config | None = None,
                         device: str | torch.device = "auto", overrides: Iterable[str] = (),
-                        allow_pickle: bool = False, runtime: str = "torch") -> "Predictor":
+                        allow_pickle: bool = False, runtime: str = "torch",
+                        calibration_images: int = DEFAULT_CALIBRATION_IMAGES) -> "Predictor":
         """Load a checkpoint (EMA weights when saved). ``config``: None to use the config embedded in
         the checkpoint, else a config module path or a :class:`Config`; ``overrides``
         (``Section.field=value``) are applied to it (e.g. ``test.min_det_score=0.3``).
         ``allow_pickle``: read a checkpoint that needs full unpickling (which can run code; see
         :func:`core.engine.checkpoint.load_checkpoint`); the config's ``pretrain.allow_pickle`` is not
         consulted, since the config may come from the checkpoint itself. ``runtime``: ``"torch"``, or
-        ``"onnxruntime"`` / ``"openvino"`` to run the network exported to ONNX on the CPU
-        (``core.inference.exported``; fixed at the config's input size, ``test.batch_image`` a call)."""
+        ``"onnxruntime"`` / ``"openvino"`` / ``"openvino-int8"`` to run the network exported to ONNX on the CPU
+        (``core.inference.exported``; fixed at the config's input size, ``test.batch_image`` a call; INT8
+        calibrated on ``calibration_images`` images of the config's training split)."""
         from core.engine.tester import load_trained
 
         state = load_checkpoint(Path(path), map_location="cpu", allow_pickle=allow_pickle)
@@ -137,13 +140,7 @@ class Predictor:
         trained = load_trained(cfg, Path(path), dev, state)
         model: Any = trained.model
         if runtime != "torch":
-            import tempfile
-
-            from core.inference.exported import export_network
-
-            with tempfile.TemporaryDirectory() as folder:
-                model = export_network(model, trained.task, cfg.dataset.image_size, runtime, Path(folder),
-                                       batch=cfg.test.batch_image)
+            model = deployed_network(model, trained.task, cfg, runtime, cfg.test.batch_image, calibration_images)
         return cls(model, cfg, trained.class_names, trained.category_ids, dev, task=trained.task, source=str(path))
 
     # ------------------------------------------------------------------ passes
