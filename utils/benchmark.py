@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import random
 import re
 import statistics
 import sys
@@ -86,13 +87,18 @@ def _sync(device: torch.device) -> None:
 def time_interleaved(fns: dict[str, Callable[[], None]], iters: int, warmup: int,
                      device: torch.device) -> dict[str, list[float]]:
     """Seconds of each call of each function, calling them in turn ``iters`` times (round ``i`` of
-    every function at index ``i``)."""
+    every function at index ``i``). Each round calls them in a new (seeded) random order, so no
+    function always follows the same one: a thread pool still spinning from the call before, as
+    ONNX Runtime's does, slows whichever call comes next."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
+    order, shuffle = list(fns), random.Random(0).shuffle
     for _ in range(iters):
-        for name, fn in fns.items():
+        shuffle(order)
+        for name in order:
+            fn = fns[name]
             _sync(device)
             start = time.perf_counter()
             fn()

@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+import logging
 import math
 import tempfile
 
@@ -241,6 +242,7 @@ def quantize_openvino(onnx_path: Path, xml_path: Path, calibration: Sequence[np.
     except ImportError:
         raise SystemExit("error: INT8 quantization needs nncf and openvino: pip install -r requirements-deploy.txt") \
             from None
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # not a line per convolution it leaves in float
     model = ov.Core().read_model(str(onnx_path))
     quantized = nncf.quantize(model, nncf.Dataset(list(calibration)), subset_size=len(calibration),
                               ignored_scope=nncf.IgnoredScope(types=["GroupConvolution"], validate=False))
