@@ -132,10 +132,14 @@ def mosaic(tiles: Sequence[Sample], size: int, generator: torch.Generator | None
         w, h = image.size
         r = S / max(w, h)
         nw, nh = max(1, round(w * r)), max(1, round(h * r))
-        tile = image.convert("RGB").resize((nw, nh), Image.BILINEAR)
         ox = xc - nw if k in (0, 2) else xc
         oy = yc - nh if k in (0, 1) else yc
-        canvas.paste(tile, (ox, oy))
+        # resample only the part of the resized picture that lands on the canvas (about a quarter of it)
+        vx0, vy0, vx1, vy1 = max(ox, 0), max(oy, 0), min(ox + nw, S), min(oy + nh, S)
+        sx, sy = w / nw, h / nh
+        source = ((vx0 - ox) * sx, (vy0 - oy) * sy, (vx1 - ox) * sx, (vy1 - oy) * sy)
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        canvas.paste(rgb.resize((vx1 - vx0, vy1 - vy0), Image.BILINEAR, box=source), (vx0, vy0))
         b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * np.array([nw / w, nh / h, nw / w, nh / h],
                                                                           dtype=np.float32)
         b = b + np.array([ox, oy, ox, oy], dtype=np.float32)

@@ -67,7 +67,6 @@ class DetectionTransform:
             target = S * (lo + (hi - lo) * _rand(gen))
         scale = target / max(w, h)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        image = image.resize((nw, nh), Image.BILINEAR)
         boxes = boxes * np.float32(scale)
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         area0 = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
@@ -78,8 +77,12 @@ class DetectionTransform:
         if self.train and (nw > S or nh > S):
             x0 = int(torch.randint(0, max(nw - S, 0) + 1, (), generator=gen))
             y0 = int(torch.randint(0, max(nh - S, 0) + 1, (), generator=gen))
-            image = image.crop((x0, y0, x0 + min(nw, S), y0 + min(nh, S)))
-        cw, ch = image.size
+        cw, ch = min(nw, S), min(nh, S)
+        if (cw, ch) == (nw, nh):
+            image = image.resize((nw, nh), Image.BILINEAR)
+        else:  # the kept S x S crop of the picture resized to nw x nh, resampled alone
+            sx, sy = w / nw, h / nh
+            image = image.resize((cw, ch), Image.BILINEAR, box=(x0 * sx, y0 * sy, (x0 + cw) * sx, (y0 + ch) * sy))
         boxes = boxes - np.array([x0, y0, x0, y0], dtype=np.float32)
         boxes = np.clip(boxes, 0, np.array([cw, ch, cw, ch], dtype=np.float32))
 
@@ -91,9 +94,11 @@ class DetectionTransform:
 
         if self.photometric is not None:
             image = photometric(image, self.photometric, gen)
-        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
-        out = torch.zeros(3, S, S, dtype=torch.float32)
-        out[:, :ch, :cw] = (pixels.float() - self.mean) / self.std
+        pixels = torch.from_numpy(np.array(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8))
+        out = torch.zeros(3, S, S, dtype=torch.float32)  # the padding: 0 is the mean colour, normalised
+        picture = out[:, :ch, :cw]
+        picture.copy_(pixels.permute(2, 0, 1))
+        picture.sub_(self.mean).div_(self.std)
         return out, boxes, labels, float(scale)
 
 
