@@ -67,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     trained = load_trained(cfg, Path(args.weights), torch.device("cpu"))
     names = export_onnx(trained.model, trained.task, cfg.dataset.image_size, onnx_path, args.batch, args.postprocess)
     if args.int8:
-        quantize_openvino(onnx_path, out, calibration_batches(cfg, args.calib_images, args.batch))
+        quantize_openvino(onnx_path, out, calibration_batches(cfg, args.calib_images, args.batch),
+                          trained.task.float_modules)
     elif args.format == "openvino":  # OpenVINO reads the ONNX graph; its IR is model.xml + model.bin beside it
         save_openvino(onnx_path, out)
     kind = f"INT8 (calibrated on {args.calib_images} training images) " if args.int8 else ""

@@ -14,7 +14,8 @@ unchanged. That is how ``detection_test.py --runtime``, ``utils.predict --runtim
 calibrated on images of the training set (``calibration_batches``): 8-bit weights and activations for
 the dense convolutions, the depthwise ones left in floating point (OpenVINO's CPU plugin runs them in
 float whatever the graph says; quantizing their inputs only adds conversions), and so are the output
-predictors (they set the boxes' precision).
+predictors and the modules the task names in ``float_modules`` (the anchor heads' box branch): they
+set the boxes' precision.
 """
 from __future__ import annotations
 
@@ -196,7 +197,7 @@ def export_network(model: nn.Module, task: Task, image_size: int, runtime: str, 
     if runtime == "openvino-int8":
         if not calibration:
             raise ValueError("openvino-int8 needs calibration images (calibration_batches)")
-        path = quantize_openvino(path, Path(folder) / "model_int8.xml", calibration)
+        path = quantize_openvino(path, Path(folder) / "model_int8.xml", calibration, task.float_modules)
     return ExportedNetwork(path, runtime, names, len(model.levels), batch, threads)
 
 
@@ -233,10 +234,13 @@ def calibration_batches(cfg: Any, count: int, batch: int, split: str = "train") 
     return [flat[i:i + batch] for i in range(0, need, batch)]
 
 
-def quantize_openvino(onnx_path: Path, xml_path: Path, calibration: Sequence[np.ndarray]) -> Path:
-    """The ONNX graph at ``onnx_path`` quantized to INT8 by NNCF's post-training quantization on the
-    ``calibration`` batches (each one input of the graph), written as OpenVINO IR to ``xml_path``
-    (and its ``.bin``), which is returned. Depthwise (group) convolutions stay in floating point."""
+def quantize_openvino(onnx_path: Path, xml_path: Path, calibration: Sequence[np.ndarray],
+                      float_modules: Sequence[str] = ()) -> Path:
+    """The ONNX graph at ``onnx_path`` (written by ``export_onnx``) quantized to INT8 by NNCF's
+    post-training quantization on the ``calibration`` batches (each one input of the graph), written as
+    OpenVINO IR to ``xml_path`` (and its ``.bin``), which is returned. Depthwise (group) convolutions,
+    the output predictors and every operation of the detector modules ``float_modules`` (paths such as
+    ``head.box_net``, as the task's ``float_modules`` names them) stay in floating point."""
     try:
         import nncf
         import openvino as ov
@@ -245,14 +249,31 @@ def quantize_openvino(onnx_path: Path, xml_path: Path, calibration: Sequence[np.
             from None
     logging.getLogger("nncf").setLevel(logging.WARNING)  # not a line per convolution it leaves in float
     model = ov.Core().read_model(str(onnx_path))
-    # MIXED: asymmetric activations (Swish outputs are not symmetric about 0); the predictors that write the
-    # outputs stay in float: on the demo set AP fell 10.6 points with both defaults, 4.4 with these
-    keep_float = nncf.IgnoredScope(names=_predictor_names(model), types=["GroupConvolution"], validate=False)
+    # MIXED: asymmetric activations (Swish outputs are not symmetric about 0). Demo set AP against fp32:
+    # -10.6 with NNCF's default preset, -4.4 with MIXED and the predictors in float, -0.6 with the box branch too
+    names = _predictor_names(model) + _nodes_under(onnx_path, [f"model.{m}" for m in float_modules])
+    keep_float = nncf.IgnoredScope(names=names, types=["GroupConvolution"], validate=False)
     quantized = nncf.quantize(model, nncf.Dataset(list(calibration)), subset_size=len(calibration),
                               preset=nncf.QuantizationPreset.MIXED, ignored_scope=keep_float)
     xml_path.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(xml_path))
     return xml_path
+
+
+def _nodes_under(onnx_path: Path, scopes: Sequence[str]) -> list[str]:
+    """Names of the ONNX nodes that torch's exporter recorded as run inside one of the module ``scopes``
+    (``pkg.torch.onnx.name_scopes``; OpenVINO keeps the node names)."""
+    if not scopes:
+        return []
+    import onnx
+
+    wanted = {f"'{scope}'" for scope in scopes}
+    names = []
+    for node in onnx.load(str(onnx_path), load_external_data=False).graph.node:
+        recorded = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
+        if any(scope in recorded for scope in wanted):
+            names.append(node.name)
+    return names
 
 
 def _predictor_names(model: Any) -> list[str]:

@@ -44,6 +44,8 @@ class DetectionTask:
     same task serves a plain, an EMA and a DistributedDataParallel-wrapped network alike.
     """
 
+    float_modules = ("head.box_net",)  # INT8 keeps the box regression in float (demo: -0.6 AP instead of -4.4)
+
     def __init__(self, cfg: Any, levels: list[int], num_classes: int):
         a = cfg.anchors
         self.anchors = AnchorGenerator(levels, a.scale, a.num_scales, a.aspect_ratios)

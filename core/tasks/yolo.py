@@ -243,6 +243,8 @@ class YoloTask:
     """Loss and post-processing for YOLO heads, from the config's ``anchors.yolo``, ``loss.yolo_*``
     and ``test`` sections. Holds no weights (serves plain, EMA and DDP-wrapped networks alike)."""
 
+    float_modules: tuple[str, ...] = ()  # one predictor per level writes boxes and scores; INT8 keeps it in float
+
     def __init__(self, cfg: Any, levels: list[int], num_classes: int):
         rows = cfg.anchors.yolo
         if len(rows) != len(levels) or any(len(r) < 2 or len(r) % 2 for r in rows):
