@@ -118,7 +118,8 @@ def main() -> int:
             exported = deployed_network(trained.model, trained.task, cfg, args.runtime, cfg.test.batch_image,
                                         args.calib_images)
             trained = dataclasses.replace(trained, model=exported)
-            calibrated = f", calibrated on {args.calib_images} training images" if args.runtime.endswith("int8") else ""
+            int8 = args.runtime == "openvino-int8"
+            calibrated = f", calibrated on {args.calib_images} training images" if int8 else ""
             print(f"runtime: {args.runtime} (the network exported to ONNX, batch {cfg.test.batch_image}{calibrated}; "
                   f"DetLab's post-processing)")
         if trained.class_names != spec.class_names:

@@ -582,8 +582,8 @@ def test_export_int8_writes_a_quantized_ir_that_detects_as_torch_does(tile_model
     from core.data.spec import load_dataset_spec, read_split
 
     record = read_split(load_dataset_spec(root / "data.yaml"), "train")[0]
-    picture = torch.from_numpy(np.asarray(load_image(record), dtype=np.float32)[:TILE, :TILE]).permute(2, 0, 1)
-    x = ((picture / 255 - 0.5) / 0.5)[None].repeat(2, 1, 1, 1)
+    tile = load_image(record).crop((0, 0, TILE, TILE))
+    x = det.transform()(tile, np.zeros((0, 4)), np.zeros(0, np.int64))[0][None].repeat(2, 1, 1, 1)
     with torch.no_grad():
         expected = det.model(x)[0][0].flatten()
     got = net(x)[0][0].flatten()

@@ -47,6 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from core.config.loading import load_config
 from core.engine.inference import compile_for_inference, detect_batch, inference_model
 from core.engine.runtime import autocast, seed_everything, select_device
+from core.inference.exported import RUNTIMES as EXPORT_RUNTIMES
 from core.tasks.task import build_task
 from symbol.builder import build_detector
 
@@ -196,7 +197,7 @@ def effdet_fns(cfg, num_classes: int, device: torch.device, train_batch: int, pr
     return {"train": train, "predict": predict}
 
 
-RUNTIMES = ("torch", "torch-compiled", "onnxruntime", "openvino", "openvino-int8")
+RUNTIMES = ("torch", "torch-compiled", *EXPORT_RUNTIMES)
 
 
 def runtime_fns(cfg, num_classes: int, device: torch.device, predict_batch: int, runtimes: Sequence[str],

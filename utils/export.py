@@ -21,7 +21,7 @@ in ``tests/test_export.py``).
 from the ONNX file written beside it. ``--int8`` (with ``--format openvino``) quantizes that IR to
 INT8 after training with NNCF, calibrated on ``--calib-images`` images of the config's training split
 (``core.inference.exported.quantize_openvino``). To run an export with DetLab's post-processing and score it,
-``detection_test.py --runtime onnxruntime|openvino`` (``core.inference.exported``).
+``detection_test.py --runtime onnxruntime|openvino|openvino-int8`` (``core.inference.exported``).
 """
 from __future__ import annotations
 
@@ -33,11 +33,10 @@ from typing import Sequence
 import torch
 
 from core.config.loading import load_config
-from core.engine.cli import add_allow_pickle, run_main
+from core.engine.cli import add_allow_pickle, add_calibration_argument, run_main
 from core.engine.output_paths import refuse_existing
 from core.engine.tester import load_trained
-from core.inference.exported import (DEFAULT_CALIBRATION_IMAGES, calibration_batches, export_onnx, quantize_openvino,
-                                     save_openvino)
+from core.inference.exported import calibration_batches, export_onnx, quantize_openvino, save_openvino
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,8 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--format", choices=["onnx", "openvino"], default="onnx")
     parser.add_argument("--out", type=Path, help="output file (default: next to the weights, .onnx or .xml)")
     parser.add_argument("--int8", action="store_true", help="--format openvino: quantize to INT8 (NNCF, post-training)")
-    parser.add_argument("--calib-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
-                        help=f"--int8: training images to calibrate on (default {DEFAULT_CALIBRATION_IMAGES})")
+    add_calibration_argument(parser)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--postprocess", action="store_true",
                         help="end the graph in detections (boxes, scores, labels); batch 1")

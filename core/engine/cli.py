@@ -30,13 +30,20 @@ def add_allow_pickle(parser: argparse.ArgumentParser) -> None:
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """``--runtime`` (PyTorch, or the network exported and run by a deployment runtime on the CPU, with
     DetLab's post-processing) and ``--calib-images`` (the INT8 runtime's calibration)."""
-    from core.inference.exported import DEFAULT_CALIBRATION_IMAGES, RUNTIMES
+    from core.inference.exported import RUNTIMES
 
     parser.add_argument("--runtime", choices=["torch", *RUNTIMES], default="torch",
                         help="run the network in PyTorch (default), or exported to ONNX and run by ONNX Runtime or "
                         "OpenVINO on the CPU, or quantized to INT8 by NNCF and run by OpenVINO (openvino-int8)")
+    add_calibration_argument(parser)
+
+
+def add_calibration_argument(parser: argparse.ArgumentParser) -> None:
+    """``--calib-images N``: how many training images an INT8 quantization is calibrated on."""
+    from core.inference.exported import DEFAULT_CALIBRATION_IMAGES
+
     parser.add_argument("--calib-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
-                        help="--runtime openvino-int8: training images the quantization is calibrated on "
+                        help="INT8 (openvino-int8, --int8): training images the quantization is calibrated on "
                         f"(default {DEFAULT_CALIBRATION_IMAGES})")
 
 

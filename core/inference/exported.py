@@ -19,12 +19,11 @@ set the boxes' precision.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Sequence
-
 import logging
 import math
 import tempfile
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -122,9 +121,10 @@ class ExportedNetwork:
     """An export of a DetLab network (``export_onnx`` without ``postprocess``) run by ``runtime`` on the CPU
     with ``threads`` threads (None: the runtime's choice): ``"onnxruntime"`` or ``"openvino"`` run the ONNX
     file ``path`` in float32; ``"openvino-int8"`` runs ``quantize_openvino``'s IR ``path``, its float parts
-    in the precision OpenVINO picks for the CPU (bfloat16 where the CPU has it). ``batch``: the export's fixed batch; a call with fewer images pads them, with more runs
-    them ``batch`` at a time. ``__call__(images [N, 3, S, S]) -> the raw outputs`` as the torch
-    network returns them (float32 CPU tensors)."""
+    in the precision OpenVINO picks for the CPU (bfloat16 where the CPU has it). ``batch``: the export's
+    fixed batch; a call with fewer images pads them, with more runs them ``batch`` at a time.
+    ``__call__(images [N, 3, S, S]) -> the raw outputs`` as the torch network returns them (float32 CPU
+    tensors, channels-last)."""
 
     def __init__(self, path: Path, runtime: str, names: list[str], num_levels: int, batch: int,
                  threads: int | None = None):
