@@ -93,12 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         assert any("unchanged" in note for note in notes), notes
         del second
         tracemalloc.start()  # a third start for the heap: tracing slows allocation, so it is not timed
-        second, _ = load_checked_records(load_dataset_spec(yaml), ("train",), skip_bad_records=False)
+        third, _ = load_checked_records(load_dataset_spec(yaml), ("train",), skip_bad_records=False)
         held, _ = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        arrays = sum(r.boxes.nbytes + r.labels.nbytes for r in second["train"])
+        arrays = sum(r.boxes.nbytes + r.labels.nbytes for r in third["train"])
         print(f"| {n} | {first_s:.2f} | {second_s:.2f} | {grown:.0f} | {(held - arrays) / n:.0f} |", flush=True)
-        del second
+        del third
         shutil.rmtree(folder, ignore_errors=True)
     return 0
 

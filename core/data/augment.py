@@ -113,6 +113,17 @@ def photometric(image: Image.Image, cfg: PhotometricConfig, generator: torch.Gen
 # ----------------------------------------------------------------------------- mosaic
 
 
+def resize_region(image: Image.Image, size: tuple[int, int], region: tuple[int, int, int, int]) -> Image.Image:
+    """The ``region = (x0, y0, x1, y1)`` (pixels of the resized picture) of ``image`` resized (bilinear) to
+    ``size = (w, h)``, resampled alone: only the kept pixels are computed."""
+    w, h = image.size
+    if region == (0, 0, *size):
+        return image.resize(size, Image.BILINEAR)
+    sx, sy = w / size[0], h / size[1]
+    x0, y0, x1, y1 = region
+    return image.resize((x1 - x0, y1 - y0), Image.BILINEAR, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy))
+
+
 def mosaic(tiles: Sequence[Sample], size: int, generator: torch.Generator | None,
            fill: tuple[int, int, int] = (124, 116, 104)) -> tuple[Image.Image, np.ndarray, np.ndarray]:
     """A ``size`` x ``size`` mosaic of up to four pictures (YOLOv4 style).
@@ -136,10 +147,8 @@ def mosaic(tiles: Sequence[Sample], size: int, generator: torch.Generator | None
         oy = yc - nh if k in (0, 1) else yc
         # resample only the part of the resized picture that lands on the canvas (about a quarter of it)
         vx0, vy0, vx1, vy1 = max(ox, 0), max(oy, 0), min(ox + nw, S), min(oy + nh, S)
-        sx, sy = w / nw, h / nh
-        source = ((vx0 - ox) * sx, (vy0 - oy) * sy, (vx1 - ox) * sx, (vy1 - oy) * sy)
         rgb = image if image.mode == "RGB" else image.convert("RGB")
-        canvas.paste(rgb.resize((vx1 - vx0, vy1 - vy0), Image.BILINEAR, box=source), (vx0, vy0))
+        canvas.paste(resize_region(rgb, (nw, nh), (vx0 - ox, vy0 - oy, vx1 - ox, vy1 - oy)), (vx0, vy0))
         b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * np.array([nw / w, nh / h, nw / w, nh / h],
                                                                           dtype=np.float32)
         b = b + np.array([ox, oy, ox, oy], dtype=np.float32)

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .augment import MIN_KEEP_FRACTION, MIN_SIDE, PhotometricConfig, filter_boxes, photometric, rand as _rand
+from .augment import (MIN_KEEP_FRACTION, MIN_SIDE, PhotometricConfig, filter_boxes, photometric, rand as _rand,
+                      resize_region)
 
 __all__ = ["DetectionTransform", "build_transform", "MIN_KEEP_FRACTION", "MIN_SIDE"]
 
@@ -78,11 +79,7 @@ class DetectionTransform:
             x0 = int(torch.randint(0, max(nw - S, 0) + 1, (), generator=gen))
             y0 = int(torch.randint(0, max(nh - S, 0) + 1, (), generator=gen))
         cw, ch = min(nw, S), min(nh, S)
-        if (cw, ch) == (nw, nh):
-            image = image.resize((nw, nh), Image.BILINEAR)
-        else:  # the kept S x S crop of the picture resized to nw x nh, resampled alone
-            sx, sy = w / nw, h / nh
-            image = image.resize((cw, ch), Image.BILINEAR, box=(x0 * sx, y0 * sy, (x0 + cw) * sx, (y0 + ch) * sy))
+        image = resize_region(image, (nw, nh), (x0, y0, x0 + cw, y0 + ch))  # only the kept crop is resampled
         boxes = boxes - np.array([x0, y0, x0, y0], dtype=np.float32)
         boxes = np.clip(boxes, 0, np.array([cw, ch, cw, ch], dtype=np.float32))
 
