@@ -11,11 +11,12 @@ unchanged. That is how ``detection_test.py --runtime``, ``utils.predict --runtim
 ``utils.benchmark --runtimes`` measure the exported model.
 
 ``openvino-int8`` is the OpenVINO graph quantized after training by NNCF (``quantize_openvino``),
-calibrated on images of the training set (``calibration_batches``): 8-bit weights and activations for
-the dense convolutions, the depthwise ones left in floating point (OpenVINO's CPU plugin runs them in
-float whatever the graph says; quantizing their inputs only adds conversions), and so are the output
-predictors and the modules the task names in ``float_modules`` (the anchor heads' box branch): they
-set the boxes' precision.
+calibrated on images of the training set (``calibration_batches``): 8-bit weights and inputs for the
+dense convolutions and nothing else. The depthwise ones stay in floating point (OpenVINO's CPU plugin
+runs them in float whatever the graph says; quantizing their inputs only adds conversions), so do the
+elementwise and pooling operations (a quantizer there splits the convolution + Swish that OpenVINO
+fuses), the output predictors and the modules the task names in ``float_modules`` (the anchor heads'
+box branch): they set the boxes' precision.
 """
 from __future__ import annotations
 
@@ -238,9 +239,9 @@ def quantize_openvino(onnx_path: Path, xml_path: Path, calibration: Sequence[np.
                       float_modules: Sequence[str] = ()) -> Path:
     """The ONNX graph at ``onnx_path`` (written by ``export_onnx``) quantized to INT8 by NNCF's
     post-training quantization on the ``calibration`` batches (each one input of the graph), written as
-    OpenVINO IR to ``xml_path`` (and its ``.bin``), which is returned. Depthwise (group) convolutions,
-    the output predictors and every operation of the detector modules ``float_modules`` (paths such as
-    ``head.box_net``, as the task's ``float_modules`` names them) stay in floating point."""
+    OpenVINO IR to ``xml_path`` (and its ``.bin``), which is returned. Only dense convolutions are
+    quantized; of those, the output predictors and the ones in the detector modules ``float_modules``
+    (paths such as ``head.box_net``, as the task's ``float_modules`` names them) stay in floating point."""
     try:
         import nncf
         import openvino as ov
@@ -252,7 +253,10 @@ def quantize_openvino(onnx_path: Path, xml_path: Path, calibration: Sequence[np.
     # MIXED: asymmetric activations (Swish outputs are not symmetric about 0). Demo set AP against fp32:
     # -10.6 with NNCF's default preset, -4.4 with MIXED and the predictors in float, -0.6 with the box branch too
     names = _predictor_names(model) + _nodes_under(onnx_path, [f"model.{m}" for m in float_modules])
-    keep_float = nncf.IgnoredScope(names=names, types=["GroupConvolution"], validate=False)
+    # Only the dense convolutions take 8-bit inputs: a quantizer on any other input (the Multiply of
+    # x * sigmoid(x), a weighted Add, a pooling) splits the convolution + Swish that OpenVINO fuses
+    others = sorted({op.get_type_name() for op in model.get_ops()} - {"Convolution"})
+    keep_float = nncf.IgnoredScope(names=names, types=others, validate=False)
     quantized = nncf.quantize(model, nncf.Dataset(list(calibration)), subset_size=len(calibration),
                               preset=nncf.QuantizationPreset.MIXED, ignored_scope=keep_float)
     xml_path.parent.mkdir(parents=True, exist_ok=True)
