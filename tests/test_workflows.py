@@ -348,7 +348,7 @@ def test_predict_takes_folders_globs_and_videos(tmp_path: Path, monkeypatch: pyt
         for p, kept in keep.items():
             p.rename(kept)
         assert predict.main(["--weights", "unused.pt", str(folder), "--out", str(out / "p.json")]) == 2
-        assert f"{out / name} already exists; pass --overwrite" in capsys.readouterr().err
+        assert f"{out / name}: exists; pass --overwrite" in capsys.readouterr().err
         for p, kept in keep.items():
             kept.rename(p)
     assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == before

@@ -37,6 +37,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from core.engine.output_paths import refuse_existing
+
 GLOB_CHARS = set("*?[")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 DEFAULT_FPS = 25.0  # written for a video whose frame rate OpenCV cannot read
@@ -200,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
     video_dir = Path(args.video_dir) if args.video_dir else Path(args.out).parent
     video_outputs = [(video_dir / f"{name}.jsonl", video_dir / f"{name}_detections.mp4")
                      for name in _vis_names(videos, "")]
-    refuse_existing(planned_outputs(args, paths, videos, video_outputs), args.overwrite)
+    refuse_existing(planned_outputs(args, paths, videos, video_outputs), args.overwrite,
+                    "choose another --out / --vis / --video-dir")
     from core.inference.ensemble import TTAPlan
     from core.inference.predictor import Predictor
 
@@ -228,15 +231,6 @@ def planned_outputs(args: argparse.Namespace, paths: Sequence[Path], videos: Seq
     if args.vis:
         planned += [Path(args.vis) / name for name in _vis_names(paths)]
     return planned + [p for pair in video_outputs for p in pair]
-
-
-def refuse_existing(planned: Sequence[Path], overwrite: bool) -> None:
-    """ValueError naming the first output that exists (and how many more), unless ``overwrite``."""
-    existing = [p for p in planned if p.exists()]
-    if existing and not overwrite:
-        more = f" (and {len(existing) - 1} more outputs)" if len(existing) > 1 else ""
-        raise ValueError(f"{existing[0]} already exists{more}; pass --overwrite to replace, or choose another "
-                         "--out / --vis / --video-dir")
 
 
 def predict_pictures(args: argparse.Namespace, det, paths: Sequence[Path], tta, tiling) -> None:
