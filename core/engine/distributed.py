@@ -25,13 +25,16 @@ class DistInfo:
 
 def init() -> DistInfo:
     """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE``,
-    ``RANK``, ``MASTER_ADDR``...); NCCL on GPUs, gloo on CPUs. A plain ``python`` run is rank 0 of 1."""
+    ``RANK``, ``MASTER_ADDR``...): gloo on CPUs; on GPUs NCCL for CUDA tensors and gloo beside it for
+    the CPU ones (the flags that keep processes on one branch, ``all_true``), which NCCL refuses.
+    A plain ``python`` run is rank 0 of 1."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return DistInfo()
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
+        cuda = torch.cuda.is_available()
+        backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
+        if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         if restart == "0":
@@ -76,6 +79,16 @@ def all_true(flag: bool, info: DistInfo) -> bool:
     value = torch.tensor([0 if flag else 1], dtype=torch.int64)
     dist.all_reduce(value)
     return int(value.item()) == 0
+
+
+def all_gather_ints(values: list[int], info: DistInfo) -> list[list[int]]:
+    """Every process's ``values`` (each process passes as many), in rank order."""
+    if info.world_size == 1:
+        return [list(values)]
+    mine = torch.tensor(values, dtype=torch.int64)
+    every = [torch.empty_like(mine) for _ in range(info.world_size)]
+    dist.all_gather(every, mine)
+    return [t.tolist() for t in every]
 
 
 def any_true(flag: bool, info: DistInfo) -> bool:
