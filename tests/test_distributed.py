@@ -4,6 +4,7 @@ one each; and a group whose worker is killed mid-epoch under ``--max-restarts`` 
 its newest checkpoint by itself and ends with the weights of an uninterrupted run."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -82,33 +83,34 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def run(tmp_path: Path, data: Path, name: str, processes: int, launch: str = "processes", epochs: int = 1,
-        torchrun: tuple[str, ...] = (), env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        torchrun: tuple[str, ...] = (), env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (), timeout: float = 600) -> subprocess.CompletedProcess:
     """Train the demo config on ``data`` with a total batch of 4 in ``processes`` processes: one plain
     process, one torchrun of ``processes`` workers (``launch="processes"``), or one torchrun launcher per
-    process with ``--nnodes`` (``launch="nodes"``; their outputs are joined)."""
+    process with ``--nnodes`` (``launch="nodes"``; their outputs are joined). ``args``: more config overrides."""
     script = tmp_path / "ddp_driver.py"
     script.write_text(DRIVER.format(root=str(ROOT)))
     args = [f"dataset.data={data}", "dataset.image_size=96", f"General.work_dir={tmp_path}", f"General.name={name}",
             f"General.batch_image={4 // processes}", "General.loader_worker=0", "General.deterministic=True",
             f"schedule.end_epoch={epochs}", "schedule.eval_every=1", "optimizer.lr_batch=4", "test.batch_image=2",
-            "optimizer.type=sgd", "optimizer.lr=0.01"]
+            "optimizer.type=sgd", "optimizer.lr=0.01", *args]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("DETLAB_TEST_THREADS", "1"), **(env or {})}
     env.pop("WORLD_SIZE", None)
     launcher = [sys.executable, "-m", "torch.distributed.run"]
     if processes == 1:
         return subprocess.run([sys.executable, str(script), *args], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=600)
+                              text=True, timeout=timeout)
     if launch == "processes":
         rendezvous = (["--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}", f"--rdzv_id={name}"]
                       if torchrun else [f"--master_port={free_port()}"])  # c10d: what elastic restarts rendezvous on
         cmd = [*launcher, f"--nproc_per_node={processes}", *rendezvous, *torchrun, str(script), *args]
-        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     endpoint = f"127.0.0.1:{free_port()}"
     nodes = [subprocess.Popen([*launcher, f"--nnodes={processes}", "--nproc_per_node=1", "--rdzv_backend=c10d",
                                f"--rdzv_endpoint={endpoint}", f"--rdzv_id={name}", *torchrun, str(script), *args],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(processes)]
-    outputs = [node.communicate(timeout=600) for node in nodes]
+    outputs = [node.communicate(timeout=timeout) for node in nodes]
     return subprocess.CompletedProcess(nodes[0].args, max(node.returncode for node in nodes),
                                        "".join(o for o, _ in outputs), "".join(e for _, e in outputs))
 
@@ -183,3 +185,29 @@ def test_a_killed_worker_restarts_the_group_which_resumes_and_ends_as_uninterrup
     assert a["step"] == b["step"] == 8
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+
+
+def test_unreadable_images_skipped_unevenly_across_processes_keep_the_group_in_step(tiny_data: Path,
+                                                                                     tmp_path: Path) -> None:
+    """``dataset.skip_bad_images`` with 12 of the 16 training images unreadable, 2 processes, each step 2
+    accumulated passes of 2 images per process (2 steps an epoch): a process's batch keeps 0 to 4 images,
+    so one process would run fewer forward passes (or none) than the other and the group's collectives
+    would no longer pair up (before the fix: a hang). Every process skips together a step where their
+    passes would differ; the skipped images are counted over both processes."""
+    import shutil
+
+    from core.data.spec import load_dataset_spec, read_split
+
+    read_split(load_dataset_spec(tiny_data), "train")  # the shapes are drawn on first use: before the copy
+    broken = tmp_path / "data"
+    shutil.copytree(tiny_data.parent, broken)
+    images = sorted((broken / "tiny" / "images" / "train").iterdir())
+    for image in images[:12]:
+        image.write_bytes(b"not a jpeg")
+    two = run(tmp_path, broken / tiny_data.name, "uneven", 2, epochs=2, torchrun=("--max_restarts=0",),
+              args=("dataset.skip_bad_images=True", "General.accumulate=2"), timeout=240)
+    assert two.returncode == 0, two.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "uneven" / "log.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    assert train[-1]["skipped_images"] == 24  # 12 unreadable images in each of 2 epochs, over both processes
+    assert load_checkpoint(tmp_path / "uneven" / "epoch_0002.pt")["step"] == 4

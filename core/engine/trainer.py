@@ -490,9 +490,8 @@ class Trainer:
             step_start = time.perf_counter()
             wait = step_start - fetch_start  # this step waited for the loader this long
             window_wait += wait
-            self.skipped_images += getattr(targets, "skipped", 0)
             drawn = (len(targets) + getattr(targets, "skipped", 0)) * self.dist.world_size  # as many on every rank
-            if len(targets):
+            if self._batch_usable(targets):
                 losses = self._step(images, targets)
                 if losses is not None:
                     for k, v in losses.items():
@@ -533,6 +532,20 @@ class Trainer:
         if self.skipped_images:
             self._print(f"epoch {self.epoch + 1}: {self.skipped_images} unreadable images skipped so far "
                         "(dataset.skip_bad_images)")
+
+    def _batch_usable(self, targets: list[dict[str, Any]]) -> bool:
+        """Count the batch's unreadable images (``dataset.skip_bad_images``; over all processes) and say
+        whether to train on it: it has images, and in a process group every process's batch splits into
+        the same number of ``General.accumulate`` passes, so that their collectives keep pairing up.
+        When one process's batch lost too many images, every process skips the step."""
+        skipped = getattr(targets, "skipped", 0)
+        if self.dist.world_size == 1 or not self.cfg.dataset.skip_bad_images:  # batches stay whole and alike
+            self.skipped_images += skipped
+            return len(targets) > 0
+        counts = distributed.all_gather_ints([len(targets), skipped], self.dist)
+        self.skipped_images += sum(c[1] for c in counts)
+        passes = {min(c[0], self.cfg.General.accumulate) for c in counts}
+        return len(passes) == 1 and passes != {0}
 
     def _step(self, images: torch.Tensor, targets: list[dict[str, Any]]) -> dict[str, float] | None:
         """One optimisation step; ``None`` when the loss was not finite and the step was skipped."""
@@ -579,10 +592,10 @@ class Trainer:
         by (positive anchors, YOLO matches), counted first on zero outputs of the same shapes, and its
         gradient counts ``1 / accumulate``: the passes add up to what ``accumulate`` processes give, which
         for the anchor heads is the gradient of the whole batch in one pass (frozen BatchNorm aside)."""
-        passes = self.cfg.General.accumulate
-        size = -(-len(targets) // passes)
-        chunks = [(images[i:i + size], targets[i:i + size]) for i in range(0, len(targets), size)]
-        passes = len(chunks)  # fewer when a short batch has fewer images than passes
+        passes = min(self.cfg.General.accumulate, len(targets))  # fewer when a short batch has fewer images
+        sizes = [len(targets) // passes + (i < len(targets) % passes) for i in range(passes)]  # largest first
+        bounds = [sum(sizes[:i]) for i in range(passes + 1)]
+        chunks = [(images[a:b], targets[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
         average = distributed.averager(self.dist)
         precision = self.cfg.General.precision
         normalisers: list[torch.Tensor] | None = None
