@@ -59,6 +59,6 @@ def test_a_short_batch_splits_into_unequal_passes(tiny_data: Path, tmp_path: Pat
         "pretrain.backbone_weights=", "backbone.pretrained=False"])
     trainer = Trainer(cfg)
     images, targets = next(iter(trainer.train_loader))
-    losses = trainer._forward_backward(images[:3], targets[:3])
+    losses = trainer._forward_backward(images[:3], targets[:3], 2)
     assert losses is not None and all(torch.isfinite(v) for v in losses.values())
     trainer._lock.release()

@@ -5,7 +5,9 @@ its newest checkpoint by itself and ends with the weights of an uninterrupted ru
 from __future__ import annotations
 
 import json
+import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -52,10 +54,10 @@ DRIVER = textwrap.dedent("""
     kill_at = int(os.environ.get("KILL_RANK1_AT_STEP", "-1"))  # first attempt only: rank 1 dies before that step
     if kill_at >= 0 and os.environ.get("RANK") == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
         real_step = trainer_module.Trainer._step
-        def dying_step(self, images, targets):
+        def dying_step(self, images, targets, passes):
             if self.step == kill_at:
                 os._exit(9)
-            return real_step(self, images, targets)
+            return real_step(self, images, targets, passes)
         trainer_module.Trainer._step = dying_step
     real_build = trainer_module.build_detector
     trainer_module.build_detector = lambda cfg, n: calibrated(real_build(cfg, n), cfg)
@@ -82,6 +84,46 @@ def tiny_data(tmp_path_factory) -> Path:
     return synthetic_shapes_yaml(tmp_path_factory.mktemp("ddpdata"), 16, 6, 96, seed=7)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (Linux ``/proc``): torchrun starts its workers in sessions of
+    their own, so killing the launcher's group leaves them."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL to ``proc`` and every process below it (workers blocked in a collective included)."""
+    for pid in [*descendants(proc.pid), proc.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def run_group(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """``cmd`` run with its output captured; on a timeout it is killed with every process below it
+    (torchrun's workers, not left blocked in a collective) and TimeoutExpired raised."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc)
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def run(tmp_path: Path, data: Path, name: str, processes: int, launch: str = "processes", epochs: int = 1,
         torchrun: tuple[str, ...] = (), env: dict[str, str] | None = None,
         args: tuple[str, ...] = (), timeout: float = 600) -> subprocess.CompletedProcess:
@@ -98,19 +140,23 @@ def run(tmp_path: Path, data: Path, name: str, processes: int, launch: str = "pr
     env.pop("WORLD_SIZE", None)
     launcher = [sys.executable, "-m", "torch.distributed.run"]
     if processes == 1:
-        return subprocess.run([sys.executable, str(script), *args], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=timeout)
+        return run_group([sys.executable, str(script), *args], env, timeout)
     if launch == "processes":
         rendezvous = (["--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}", f"--rdzv_id={name}"]
                       if torchrun else [f"--master_port={free_port()}"])  # c10d: what elastic restarts rendezvous on
         cmd = [*launcher, f"--nproc_per_node={processes}", *rendezvous, *torchrun, str(script), *args]
-        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        return run_group(cmd, env, timeout)
     endpoint = f"127.0.0.1:{free_port()}"
     nodes = [subprocess.Popen([*launcher, f"--nnodes={processes}", "--nproc_per_node=1", "--rdzv_backend=c10d",
                                f"--rdzv_endpoint={endpoint}", f"--rdzv_id={name}", *torchrun, str(script), *args],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(processes)]
-    outputs = [node.communicate(timeout=timeout) for node in nodes]
+    try:
+        outputs = [node.communicate(timeout=timeout) for node in nodes]
+    except subprocess.TimeoutExpired:
+        for node in nodes:
+            kill_tree(node)
+        raise
     return subprocess.CompletedProcess(nodes[0].args, max(node.returncode for node in nodes),
                                        "".join(o for o, _ in outputs), "".join(e for _, e in outputs))
 
@@ -189,25 +235,40 @@ def test_a_killed_worker_restarts_the_group_which_resumes_and_ends_as_uninterrup
 
 def test_unreadable_images_skipped_unevenly_across_processes_keep_the_group_in_step(tiny_data: Path,
                                                                                      tmp_path: Path) -> None:
-    """``dataset.skip_bad_images`` with 12 of the 16 training images unreadable, 2 processes, each step 2
-    accumulated passes of 2 images per process (2 steps an epoch): a process's batch keeps 0 to 4 images,
-    so one process would run fewer forward passes (or none) than the other and the group's collectives
-    would no longer pair up (before the fix: a hang). Every process skips together a step where their
-    passes would differ; the skipped images are counted over both processes."""
+    """``dataset.skip_bad_images`` with 7 of the 16 training images unreadable, 2 processes, each step 2
+    accumulated passes of 2 images per process (2 steps an epoch), so the processes' batches keep different
+    numbers of images. Every process must run as many forward passes, or the group's collectives stop
+    pairing up (before the fix: a hang): a step where one process has no image left is skipped by all,
+    one where a process has a single image runs one pass everywhere. The skipped images are counted over
+    both processes."""
     import shutil
 
+    from core.data.sampler import EpochSampler
     from core.data.spec import load_dataset_spec, read_split
 
-    read_split(load_dataset_spec(tiny_data), "train")  # the shapes are drawn on first use: before the copy
+    records = read_split(load_dataset_spec(tiny_data), "train")  # the shapes are drawn on first use: before the copy
     broken = tmp_path / "data"
     shutil.copytree(tiny_data.parent, broken)
-    images = sorted((broken / "tiny" / "images" / "train").iterdir())
-    for image in images[:12]:
-        image.write_bytes(b"not a jpeg")
+    bad = sorted(p.name for p in (broken / "tiny" / "images" / "train").iterdir())[-7:]
+    for name in bad:
+        (broken / "tiny" / "images" / "train" / name).write_bytes(b"not a jpeg")
+    # what each process's batch keeps, step by step (General.seed 0): the cases above, all of them
+    readable = []
+    for epoch in range(2):
+        per_rank = []
+        for rank in range(2):
+            sampler = EpochSampler(len(records), 4, shuffle=True, seed=0, rank=rank, world_size=2)
+            sampler.set_epoch(epoch)
+            order = [Path(records[i].file_name).name for i, _ in sampler]
+            per_rank.append([sum(name not in bad for name in order[k:k + 4]) for k in range(0, len(order), 4)])
+        readable.append(list(zip(*per_rank)))
+    assert readable == [[(0, 3), (3, 3)], [(3, 2), (1, 3)]]
+
     two = run(tmp_path, broken / tiny_data.name, "uneven", 2, epochs=2, torchrun=("--max_restarts=0",),
               args=("dataset.skip_bad_images=True", "General.accumulate=2"), timeout=240)
     assert two.returncode == 0, two.stderr[-3000:]
+    assert "epoch 1: 1 steps not taken" in two.stderr and "epoch 2: 1 steps not taken" not in two.stderr
+    state = load_checkpoint(tmp_path / "uneven" / "epoch_0002.pt")
+    assert state["step"] == 4 and state["skipped_images"] == 14  # 7 unreadable images in each of 2 epochs
     rows = [json.loads(line) for line in (tmp_path / "uneven" / "log.jsonl").read_text().splitlines()]
-    train = [r for r in rows if r["kind"] == "train"]
-    assert train[-1]["skipped_images"] == 24  # 12 unreadable images in each of 2 epochs, over both processes
-    assert load_checkpoint(tmp_path / "uneven" / "epoch_0002.pt")["step"] == 4
+    assert all(math.isfinite(r["loss"]) for r in rows if r["kind"] == "train")

@@ -54,11 +54,11 @@ DRIVER = textwrap.dedent("""
     kill_in_eval = int(os.environ.get("KILL_IN_EVAL", "-1"))      # killed inside the evaluation after this epoch
     steps_run = [0]
     real_step, real_evaluate = Trainer._step, Trainer.evaluate
-    def step(self, images, targets):
+    def step(self, images, targets, passes):
         if self.step == kill_at_step:
             os._exit(9)
         steps_run[0] += 1
-        return real_step(self, images, targets)
+        return real_step(self, images, targets, passes)
     def evaluate(self, *batches):
         if self.epoch == kill_in_eval:
             os._exit(9)
@@ -231,10 +231,10 @@ def test_nonfinite_steps_are_skipped_then_stop(tiny_data: Path, tmp_path: Path, 
 
     seen = []
 
-    def checked_step(images, targets):
+    def checked_step(images, targets, passes):
         state, step = _snapshot(trainer), trainer.step
         seen.append(step)
-        result = real_step(images, targets)
+        result = real_step(images, targets, passes)
         if step in plan:  # skipped: weights, optimizer state and EMA exactly as before
             assert result is None, step
             assert all(torch.equal(a, b) for a, b in zip(state, _snapshot(trainer))), f"step {step} was applied"

@@ -51,10 +51,10 @@ def signal_at_step(monkeypatch, step: int) -> None:
     """SIGTERM to this process while global step ``step`` runs (the trainer stops after that step)."""
     real = Trainer._step
 
-    def stepping(self, images, targets):
+    def stepping(self, images, targets, passes):
         if self.step == step:
             os.kill(os.getpid(), signal.SIGTERM)
-        return real(self, images, targets)
+        return real(self, images, targets, passes)
 
     monkeypatch.setattr(Trainer, "_step", stepping)
 
@@ -233,9 +233,9 @@ def test_resume_at_another_batch_sees_every_image_once(tiny_data: Path, tmp_path
     seen: dict[int, list[int]] = {}
     real = Trainer._step
 
-    def counting(self, images, targets):
+    def counting(self, images, targets, passes):
         seen.setdefault(self.epoch, []).extend(t["image_id"] for t in targets)
-        return real(self, images, targets)
+        return real(self, images, targets, passes)
 
     monkeypatch.setattr(Trainer, "_step", counting)
     signal_at_step(monkeypatch, STEPS_PER_EPOCH + 1)  # stops after 2 steps (8 images) of epoch 2
@@ -322,9 +322,9 @@ def test_signal_during_evaluation_or_the_last_epoch_saves(tiny_data: Path, tmp_p
     real_evaluate, real_step = Trainer.evaluate, Trainer._step
     steps = []
 
-    def stepping(self, images, targets):
+    def stepping(self, images, targets, passes):
         steps.append(self.step)
-        return real_step(self, images, targets)
+        return real_step(self, images, targets, passes)
 
     def signalled_in(epoch):
         def evaluate(self, *batches):

@@ -478,8 +478,9 @@ class Trainer:
                    disable=not interactive, dynamic_ncols=True, file=sys.stderr)
         in_epoch = done_in_epoch
         window: dict[str, float] = {}
-        window_n, window_start, window_wait = 0, time.perf_counter(), 0.0
+        window_n, window_images, window_start, window_wait = 0, 0, time.perf_counter(), 0.0
         epoch_wait = epoch_time = 0.0  # after the epoch's first step (which starts the workers)
+        steps_without_images = 0
         batches = iter(bar)
         while True:
             fetch_start = time.perf_counter()
@@ -491,21 +492,25 @@ class Trainer:
             wait = step_start - fetch_start  # this step waited for the loader this long
             window_wait += wait
             drawn = (len(targets) + getattr(targets, "skipped", 0)) * self.dist.world_size  # as many on every rank
-            if self._batch_usable(targets):
-                losses = self._step(images, targets)
+            passes = self._step_passes(targets)
+            if passes == 0:
+                steps_without_images += 1
+            else:
+                losses = self._step(images, targets, passes)
                 if losses is not None:
                     for k, v in losses.items():
                         window[k] = window.get(k, 0.0) + v
                     window_n += 1
             self.step += 1
             self.images_in_epoch += drawn
+            window_images += drawn
             in_epoch += 1
             if in_epoch > done_in_epoch + 1:
                 epoch_wait, epoch_time = epoch_wait + wait, epoch_time + time.perf_counter() - fetch_start
             if window_n and (window_n >= g.log_frequency or in_epoch >= self.steps_per_epoch):
                 elapsed = time.perf_counter() - window_start
                 row = {k: v / window_n for k, v in window.items()}
-                ips = window_n * images.shape[0] * self.dist.world_size / max(elapsed, 1e-9)
+                ips = window_images / max(elapsed, 1e-9)  # every process's images, read or skipped
                 lr = self.optimizer.param_groups[0]["lr"]
                 data_s = window_wait / window_n  # mean wait for data per step of the window
                 data_share = window_wait / max(elapsed, 1e-9)
@@ -518,7 +523,7 @@ class Trainer:
                     self._print(f"epoch {self.epoch + 1}/{cfg.schedule.end_epoch} step {in_epoch}/"
                                 f"{self.steps_per_epoch}: loss {row['loss']:.4f}  lr {lr:.2e}  img/s {ips:.1f}  "
                                 f"data {data_share:.0%}")
-                window, window_n, window_start, window_wait = {}, 0, time.perf_counter(), 0.0
+                window, window_n, window_images, window_start, window_wait = {}, 0, 0, time.perf_counter(), 0.0
             if distributed.any_true(stop.requested, self.dist):
                 bar.close()
                 self._save_interrupted()
@@ -532,23 +537,28 @@ class Trainer:
         if self.skipped_images:
             self._print(f"epoch {self.epoch + 1}: {self.skipped_images} unreadable images skipped so far "
                         "(dataset.skip_bad_images)")
+        if steps_without_images:
+            self._print(f"epoch {self.epoch + 1}: {steps_without_images} steps not taken: a process's batch "
+                        "had no readable image (dataset.skip_bad_images)")
 
-    def _batch_usable(self, targets: list[dict[str, Any]]) -> bool:
-        """Count the batch's unreadable images (``dataset.skip_bad_images``; over all processes) and say
-        whether to train on it: it has images, and in a process group every process's batch splits into
-        the same number of ``General.accumulate`` passes, so that their collectives keep pairing up.
-        When one process's batch lost too many images, every process skips the step."""
+    def _step_passes(self, targets: list[dict[str, Any]]) -> int:
+        """Count the batch's unreadable images (``dataset.skip_bad_images``; over all processes) and return
+        the number of forward passes each process runs this step: ``General.accumulate``, fewer for a
+        short batch, 0 to skip the step. Every process of a group runs as many passes (the fewest any
+        process can fill), so that their collectives keep pairing up; when one process's batch has no
+        image left, every process skips the step."""
         skipped = getattr(targets, "skipped", 0)
+        passes = min(self.cfg.General.accumulate, len(targets))
         if self.dist.world_size == 1 or not self.cfg.dataset.skip_bad_images:  # batches stay whole and alike
             self.skipped_images += skipped
-            return len(targets) > 0
-        counts = distributed.all_gather_ints([len(targets), skipped], self.dist)
+            return passes
+        counts = distributed.all_gather_ints([passes, skipped], self.dist)
         self.skipped_images += sum(c[1] for c in counts)
-        passes = {min(c[0], self.cfg.General.accumulate) for c in counts}
-        return len(passes) == 1 and passes != {0}
+        return min(c[0] for c in counts)
 
-    def _step(self, images: torch.Tensor, targets: list[dict[str, Any]]) -> dict[str, float] | None:
-        """One optimisation step; ``None`` when the loss was not finite and the step was skipped."""
+    def _step(self, images: torch.Tensor, targets: list[dict[str, Any]], passes: int) -> dict[str, float] | None:
+        """One optimisation step in ``passes`` forward passes (``_step_passes``); ``None`` when the loss was
+        not finite and the step was skipped."""
         cfg = self.cfg
         # the schedule's position from images seen (the step count itself runs on over a change of batch)
         position = self.epoch * self.steps_per_epoch + self.images_in_epoch / self.total_batch
@@ -559,7 +569,7 @@ class Trainer:
         if self._buffers:
             torch._foreach_copy_(self._buffers_before_step, self._buffers)
         self.optimizer.zero_grad(set_to_none=True)
-        losses = self._forward_backward(images, targets)
+        losses = self._forward_backward(images, targets, passes)
         if losses is None:
             self._nonfinite(targets, "loss")
             return None
@@ -584,15 +594,16 @@ class Trainer:
             self.ema.update(self.model, step=self.step)
         return {k: float(v.detach()) for k, v in losses.items()}
 
-    def _forward_backward(self, images: torch.Tensor, targets: list[dict[str, Any]]) -> dict[str, torch.Tensor] | None:
-        """Gradients of the step's loss in ``General.accumulate`` forward passes of ``batch_image`` images;
-        returns the loss parts averaged over them, or ``None`` (nothing applied) when one was not finite.
+    def _forward_backward(self, images: torch.Tensor, targets: list[dict[str, Any]],
+                          passes: int) -> dict[str, torch.Tensor] | None:
+        """Gradients of the step's loss in ``passes`` forward passes (``General.accumulate`` of ``batch_image``
+        images for a whole batch; sizes differing by at most one image, the largest first); returns the
+        loss parts averaged over them, or ``None`` (nothing applied) when one was not finite.
 
         Each pass normalises by the mean over the passes (and processes) of the counts the loss divides
         by (positive anchors, YOLO matches), counted first on zero outputs of the same shapes, and its
-        gradient counts ``1 / accumulate``: the passes add up to what ``accumulate`` processes give, which
-        for the anchor heads is the gradient of the whole batch in one pass (frozen BatchNorm aside)."""
-        passes = min(self.cfg.General.accumulate, len(targets))  # fewer when a short batch has fewer images
+        gradient counts ``1 / passes``: the passes add up to what ``passes`` processes give, which for
+        the anchor heads is the gradient of the whole batch in one pass (frozen BatchNorm aside)."""
         sizes = [len(targets) // passes + (i < len(targets) % passes) for i in range(passes)]  # largest first
         bounds = [sum(sizes[:i]) for i in range(passes + 1)]
         chunks = [(images[a:b], targets[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -628,7 +639,7 @@ class Trainer:
         with torch.no_grad():
             for chunk_images, chunk_targets in chunks:
                 seen: list[torch.Tensor] = []
-                shaped = torch.utils._pytree.tree_map(lambda t: t[:len(chunk_targets)], blank)  # a short last pass
+                shaped = torch.utils._pytree.tree_map(lambda t: t[:len(chunk_targets)], blank)  # a shorter pass
                 self.task.loss(shaped, chunk_images, chunk_targets, average=lambda c: seen.append(c.float()) or c)
                 per_pass.append(seen)
         means = [torch.stack(calls).mean(0) for calls in zip(*per_pass)]
