@@ -1,6 +1,6 @@
 """Guards for the tools that write files (``utils.dataset convert / subset / split``,
-``utils.param_surgery``): an output never lands on an input, and an existing output is replaced
-only when the user passed ``--overwrite``.
+``utils.param_surgery``, ``utils.export``, ``utils.predict``): an output never lands on an input, and an
+existing output is replaced only when the user passed ``--overwrite``.
 
 An output *is* an input when both paths resolve (symbolic links followed) to the same place, or
 name the same file (hard links); an output folder clobbers an input that lies inside it.

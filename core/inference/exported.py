@@ -259,6 +259,9 @@ def quantize_openvino(onnx_path: Path, xml_path: Path, calibration: Sequence[np.
     keep_float = nncf.IgnoredScope(names=names, types=others, validate=False)
     quantized = nncf.quantize(model, nncf.Dataset(list(calibration)), subset_size=len(calibration),
                               preset=nncf.QuantizationPreset.MIXED, ignored_scope=keep_float)
+    if not any(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops()):
+        raise SystemExit(f"error: {onnx_path}: INT8 found no convolution to quantize (all of them are output "
+                         "predictors or under the task's float_modules); export it in float (--format openvino)")
     xml_path.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, str(xml_path))
     return xml_path
