@@ -77,6 +77,12 @@ def test_choices_are_printed_saved_and_kept_on_resume(tmp_path: Path, capsys) ->
     assert resumed.cfg.optimizer.type == "adamw" and resumed.cfg.dataset.scale_min == 0.8
     assert "recipe: optimizer.type = 'adamw' (auto, as the run's first start chose)" in capsys.readouterr().err
     resumed._lock.release()
+    # without its config.json the run takes its first start's choices from its checkpoint
+    (tmp_path / "auto" / "config.json").unlink()
+    resumed = Trainer(load_config(ROOT / "config/demo.py", [*common, "schedule.end_epoch=3000"]), resume=True)
+    assert resumed.cfg.optimizer.type == "adamw" and resumed.cfg.dataset.scale_min == 0.8
+    assert "recipe: optimizer.type = 'adamw' (auto, as the run's first start chose)" in capsys.readouterr().err
+    resumed._lock.release()
     fresh = load_config(ROOT / "config/demo.py", [*common, "schedule.end_epoch=3000"])
     resolve_recipe(fresh, 16)
     assert fresh.optimizer.type == "sgd"

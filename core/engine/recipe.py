@@ -20,8 +20,8 @@
 * **scale jitter**: 0.8-1.2 up to 5 000 steps, 0.5-1.5 up to 50 000, EfficientDet's 0.1-2.0 beyond.
   Wide jitter makes most objects tiny or cut off, a range a short run cannot learn.
 
-A resumed run takes the values its first start chose (its ``config.json``), so it never switches
-optimizer halfway.
+A resumed run takes the values its first start chose (its ``config.json``, or the config its newest
+checkpoint embeds when that file is gone), so it never switches optimizer halfway.
 """
 from __future__ import annotations
 

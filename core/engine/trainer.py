@@ -118,7 +118,7 @@ class Trainer:
             self._print(note)
         train_records = checked["train"]
         # recipe fields left at "auto": chosen now from the data and the run's length, or as its first start chose
-        first_start = read_saved_config(self.out) if resume else None
+        first_start = (read_saved_config(self.out) or self._checkpoint_config()) if resume else None
         self.recipe = resolve_recipe(cfg, len(train_records), self.dist.world_size, first_start)
         total_batch = g.batch_image * g.accumulate * self.dist.world_size  # images per optimizer step
         for note in ([mult_note] if mult_note else []) + [f"recipe: {choice}" for choice in self.recipe]:
@@ -203,6 +203,13 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
+
+    def _checkpoint_config(self) -> dict[str, dict[str, Any]] | None:
+        """The resolved config that the run's newest epoch checkpoint embeds (``Config.to_dict()``), for a
+        resume whose ``config.json`` is gone; None without a checkpoint."""
+        found = load_latest(self.out, map_location="cpu", warn=lambda _: None,
+                            allow_pickle=self.cfg.pretrain.allow_pickle)
+        return found[0].get("config") if found else None
 
     def _resume(self) -> None:
         allow_pickle = self.cfg.pretrain.allow_pickle  # one that needs it and is not allowed stops the resume
