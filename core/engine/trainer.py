@@ -118,7 +118,10 @@ class Trainer:
             self._print(note)
         train_records = checked["train"]
         # recipe fields left at "auto": chosen now from the data and the run's length, or as its first start chose
-        first_start = (read_saved_config(self.out) or self._checkpoint_config()) if resume else None
+        # the state a resume continues from, loaded once (its config stands in for a missing config.json)
+        resumed = self._newest_state() if resume else None
+        first_start = (read_saved_config(self.out) or (resumed[0].get("config") if resumed else None)) \
+            if resume else None
         self.recipe = resolve_recipe(cfg, len(train_records), self.dist.world_size, first_start)
         total_batch = g.batch_image * g.accumulate * self.dist.world_size  # images per optimizer step
         for note in ([mult_note] if mult_note else []) + [f"recipe: {choice}" for choice in self.recipe]:
@@ -172,7 +175,7 @@ class Trainer:
                                      "evals_since": 0}
         self._train_ids = [r.image_id for r in train_records]  # the order the epoch's permutation indexes
         if resume:
-            self._resume()
+            self._resume(resumed)
         elif overwrite and self.dist.is_main:
             removed = clear_run(self.out)
             if removed:
@@ -204,14 +207,9 @@ class Trainer:
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
 
-    def _checkpoint_config(self) -> dict[str, dict[str, Any]] | None:
-        """The resolved config that the run's newest epoch checkpoint embeds (``Config.to_dict()``), for a
-        resume whose ``config.json`` is gone; None without a checkpoint."""
-        found = load_latest(self.out, map_location="cpu", warn=lambda _: None,
-                            allow_pickle=self.cfg.pretrain.allow_pickle)
-        return found[0].get("config") if found else None
-
-    def _resume(self) -> None:
+    def _newest_state(self) -> tuple[dict[str, Any], Path] | None:
+        """The newest of the run's epoch checkpoints and ``interrupted.pt`` (by step), loaded, with its
+        path; None when there is none."""
         allow_pickle = self.cfg.pretrain.allow_pickle  # one that needs it and is not allowed stops the resume
         found = load_latest(self.out, map_location="cpu", warn=self._print, allow_pickle=allow_pickle)
         interrupted = self.out / INTERRUPTED
@@ -224,6 +222,10 @@ class Trainer:
                 raise
             except CheckpointError as err:
                 self._print(f"warning: {err}; using the epoch checkpoints instead")
+        return found
+
+    def _resume(self, found: tuple[dict[str, Any], Path] | None) -> None:
+        """Continue from ``found`` (``_newest_state``), or start afresh when it is None."""
         if found is None:
             self._print(f"no checkpoint in {self.out} to resume from; starting at epoch {self.epoch}")
             return
@@ -487,7 +489,7 @@ class Trainer:
         window: dict[str, float] = {}
         window_n, window_images, window_start, window_wait = 0, 0, time.perf_counter(), 0.0
         epoch_wait = epoch_time = 0.0  # after the epoch's first step (which starts the workers)
-        steps_without_images = 0
+        steps_without_images = window_steps = 0
         batches = iter(bar)
         while True:
             fetch_start = time.perf_counter()
@@ -511,6 +513,7 @@ class Trainer:
             self.step += 1
             self.images_in_epoch += drawn
             window_images += drawn
+            window_steps += 1
             in_epoch += 1
             if in_epoch > done_in_epoch + 1:
                 epoch_wait, epoch_time = epoch_wait + wait, epoch_time + time.perf_counter() - fetch_start
@@ -519,7 +522,7 @@ class Trainer:
                 row = {k: v / window_n for k, v in window.items()}
                 ips = window_images / max(elapsed, 1e-9)  # every process's images, read or skipped
                 lr = self.optimizer.param_groups[0]["lr"]
-                data_s = window_wait / window_n  # mean wait for data per step of the window
+                data_s = window_wait / window_steps  # mean wait for data per step of the window
                 data_share = window_wait / max(elapsed, 1e-9)
                 self._log({"kind": "train", "epoch": self.epoch + 1, "step": self.step, **row, "lr": lr,
                            "images_per_s": ips, "data_s": data_s, "skipped_images": self.skipped_images})
@@ -530,7 +533,8 @@ class Trainer:
                     self._print(f"epoch {self.epoch + 1}/{cfg.schedule.end_epoch} step {in_epoch}/"
                                 f"{self.steps_per_epoch}: loss {row['loss']:.4f}  lr {lr:.2e}  img/s {ips:.1f}  "
                                 f"data {data_share:.0%}")
-                window, window_n, window_images, window_start, window_wait = {}, 0, 0, time.perf_counter(), 0.0
+                window, window_n, window_images, window_steps = {}, 0, 0, 0
+                window_start, window_wait = time.perf_counter(), 0.0
             if distributed.any_true(stop.requested, self.dist):
                 bar.close()
                 self._save_interrupted()
@@ -545,23 +549,24 @@ class Trainer:
             self._print(f"epoch {self.epoch + 1}: {self.skipped_images} unreadable images skipped so far "
                         "(dataset.skip_bad_images)")
         if steps_without_images:
-            self._print(f"epoch {self.epoch + 1}: {steps_without_images} steps not taken: a process's batch "
-                        "had no readable image (dataset.skip_bad_images)")
+            self._print(f"epoch {self.epoch + 1}: {steps_without_images} steps not taken: a process had too few "
+                        "readable images left for the passes the others needed (dataset.skip_bad_images)")
 
     def _step_passes(self, targets: list[dict[str, Any]]) -> int:
         """Count the batch's unreadable images (``dataset.skip_bad_images``; over all processes) and return
-        the number of forward passes each process runs this step: ``General.accumulate``, fewer for a
-        short batch, 0 to skip the step. Every process of a group runs as many passes (the fewest any
-        process can fill), so that their collectives keep pairing up; when one process's batch has no
-        image left, every process skips the step."""
+        the number of forward passes each process runs this step, none over ``General.batch_image``
+        images: ``General.accumulate`` for a whole batch, fewer for a short one, 0 to skip the step. Every
+        process of a group runs as many passes, so that their collectives keep pairing up; when a
+        process has fewer images left than the passes another one needs, every process skips the step."""
         skipped = getattr(targets, "skipped", 0)
-        passes = min(self.cfg.General.accumulate, len(targets))
+        passes = -(-len(targets) // self.cfg.General.batch_image)
         if self.dist.world_size == 1 or not self.cfg.dataset.skip_bad_images:  # batches stay whole and alike
             self.skipped_images += skipped
             return passes
-        counts = distributed.all_gather_ints([passes, skipped], self.dist)
-        self.skipped_images += sum(c[1] for c in counts)
-        return min(c[0] for c in counts)
+        counts = distributed.all_gather_ints([len(targets), passes, skipped], self.dist)
+        self.skipped_images += sum(c[2] for c in counts)
+        passes = max(c[1] for c in counts)
+        return passes if all(c[0] >= passes for c in counts) else 0
 
     def _step(self, images: torch.Tensor, targets: list[dict[str, Any]], passes: int) -> dict[str, float] | None:
         """One optimisation step in ``passes`` forward passes (``_step_passes``); ``None`` when the loss was
