@@ -342,6 +342,7 @@ def test_coco_categories_both_modes(doc, classes, image_dir: Path, tmp_path_fact
        classes=st.sampled_from(["", "classes: [a, b]\n", "classes: [b]\n"]))
 @example(doc=doc_with(categories=[{"id": "1", "name": "a"}, {"id": 2, "name": "b"}]), classes="")  # sorted(): TypeError
 @example(doc=doc_with(categories=[{"id": 1, "name": None}]), classes="classes: [a, b]\n")  # join(): TypeError
+@example(doc=doc_with(images=[{**GOOD_IMAGE, "id": 2 ** 63}]), classes="")  # OverflowError in the start-up cache
 @example(doc=doc_with(categories=[{"id": None, "name": "a"}]), classes="")  # category id None became the spec's
 @example(doc=doc_with(categories=[]), classes="")  # a spec of 0 classes
 def test_coco_entry_points_training_uses(doc, classes, image_dir: Path, tmp_path_factory) -> None:

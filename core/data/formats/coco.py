@@ -126,6 +126,10 @@ def read_coco(ann_file: Path, image_dir: Path, class_names: list[str], category_
             sink(MALFORMED, ann_file, f"images[{i}]", f"'width' and 'height' must be positive pixel counts (at most "
                                                       f"{MAX_IMAGE_SIDE}), got {w}x{h}; fix them")
             continue
+        if not -2 ** 63 <= iid < 2 ** 63:  # the start-up cache and the evaluation hold ids as int64
+            sink(MALFORMED, ann_file, f"images[{i}]", f"'id' {iid} does not fit in a signed 64-bit integer; "
+                                                      "renumber the images")
+            continue
         path, bad = resolve_image_path(image_dir, fname)
         if path is None:
             sink(MALFORMED, ann_file, f"images[{i}]", f"'file_name' {bad}; fix it")
