@@ -278,7 +278,7 @@ def test_own_checkpoints_and_packaged_weights_need_no_opt_in(tmp_path: Path, tin
     trainer = Trainer(cfg)
     images, targets = next(iter(trainer.train_loader))
     trainer.net.train()
-    assert trainer._step(images, targets) is not None  # optimizer and EMA state exist now
+    assert trainer._step(images, targets, cfg.General.accumulate) is not None  # optimizer and EMA state exist now
     trainer.epoch, trainer.step = 1, 1
     trainer._save()
     path = tmp_path / "run" / "epoch_0001.pt"
