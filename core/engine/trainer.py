@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import contextlib
+import itertools
 import math
 import shutil
 import sys
@@ -120,8 +121,9 @@ class Trainer:
         # recipe fields left at "auto": chosen now from the data and the run's length, or as its first start chose
         # the state a resume continues from, loaded once (its config stands in for a missing config.json)
         resumed = self._newest_state() if resume else None
-        first_start = (read_saved_config(self.out) or (resumed[0].get("config") if resumed else None)) \
-            if resume else None
+        first_start = read_saved_config(self.out) if resume else None
+        if first_start is None and resumed:
+            first_start = resumed[0].get("config")
         self.recipe = resolve_recipe(cfg, len(train_records), self.dist.world_size, first_start)
         total_batch = g.batch_image * g.accumulate * self.dist.world_size  # images per optimizer step
         for note in ([mult_note] if mult_note else []) + [f"recipe: {choice}" for choice in self.recipe]:
@@ -617,7 +619,7 @@ class Trainer:
         gradient counts ``1 / passes``: the passes add up to what ``passes`` processes give, which for
         the anchor heads is the gradient of the whole batch in one pass (frozen BatchNorm aside)."""
         sizes = [len(targets) // passes + (i < len(targets) % passes) for i in range(passes)]  # largest first
-        bounds = [sum(sizes[:i]) for i in range(passes + 1)]
+        bounds = [0, *itertools.accumulate(sizes)]
         chunks = [(images[a:b], targets[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
         average = distributed.averager(self.dist)
         precision = self.cfg.General.precision
