@@ -61,7 +61,8 @@ def detect_batch(model: nn.Module, task: Task, images: torch.Tensor, targets: Se
     path (training-time evaluation, ``detection_test.py``, the predictor, the benchmark) runs this."""
     widths = [max(1, round(t["orig_size"][1] * t["scale"])) for t in targets] if flip else []
     x = flip_inputs(images, widths) if flip else images
-    x = x.to(device, non_blocking=True, memory_format=torch.channels_last)
+    # channels_last for torch networks; an exported one (core.inference.exported) names the layout it reads
+    x = x.to(device, non_blocking=True, memory_format=getattr(model, "input_memory_format", torch.channels_last))
     with autocast(device, precision):
         outputs = model(x)
     out = []

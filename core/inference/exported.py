@@ -125,7 +125,8 @@ class ExportedNetwork:
     in the precision OpenVINO picks for the CPU (bfloat16 where the CPU has it). ``batch``: the export's
     fixed batch; a call with fewer images pads them, with more runs them ``batch`` at a time.
     ``__call__(images [N, 3, S, S]) -> the raw outputs`` as the torch network returns them (float32 CPU
-    tensors, channels-last)."""
+    tensors, channels-last). OpenVINO's outputs share its buffers (no copy of the 18 MB of D0's logits):
+    they hold until the next call, so decode them before calling again, as ``detect_batch`` does."""
 
     def __init__(self, path: Path, runtime: str, names: list[str], num_levels: int, batch: int,
                  threads: int | None = None):
@@ -158,9 +159,12 @@ class ExportedNetwork:
             request = compiled.create_infer_request()
 
             def run(x: np.ndarray) -> list[np.ndarray]:
-                results = request.infer({"images": x})  # one inference, all outputs
+                # one inference, all outputs; no copy in or out: the arrays are the request's own buffers
+                results = request.infer({"images": x}, share_inputs=True, share_outputs=True)
                 return [results[o] for o in outputs]
             self._run = run
+
+    input_memory_format = torch.contiguous_format  # what the runtimes read: detect_batch keeps it, no copy
 
     def eval(self) -> "ExportedNetwork":
         return self  # always an inference graph; called as a torch module's eval() is
@@ -176,7 +180,9 @@ class ExportedNetwork:
             n = len(chunk)
             if n < self.batch:
                 chunk = np.concatenate([chunk, np.zeros((self.batch - n, *chunk.shape[1:]), chunk.dtype)])
-            parts.append([np.asarray(a)[:n] for a in self._run(chunk)])
+            outputs = [np.asarray(a)[:n] for a in self._run(chunk)]
+            # OpenVINO's next inference overwrites the arrays it returned: keep a copy of all but the last
+            parts.append([a.copy() for a in outputs] if start + self.batch < len(x) else outputs)
         # [B, H, W, C] arrays as the torch network's [B, C, H, W] outputs in channels_last (no copy)
         flat = [torch.from_numpy(np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k])
                 .permute(0, 3, 1, 2) for k in range(len(self.names))]
