@@ -137,3 +137,38 @@ def test_exported_network_is_called_like_the_torch_network(config: str, runtime:
     got = net.eval()(images)
     assert type(got) is type(expected)
     assert_close_outputs(flat_outputs(got), flat_outputs(expected), FLOAT32_RTOL)
+
+
+def test_int8_keeps_every_dense_convolution_of_the_float_modules_in_float(tmp_path: Path) -> None:
+    """``quantize_openvino(..., float_modules)``: each dense convolution that torch's exporter recorded under
+    one of the modules (ONNX node metadata) loses its 8-bit input, biased ones included (OpenVINO renames
+    those ``<name>/WithoutBiases``), and no other convolution does."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    import onnx
+    import openvino as ov
+
+    from core.inference.exported import quantize_openvino
+
+    model, cfg = lively_network("effdet_b0", 128)
+    path = tmp_path / "model.onnx"
+    export_onnx(model, build_task(cfg, model), 128, path)
+
+    def dense_under(scope: str) -> int:
+        convs = [n for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type == "Conv"
+                 and all(a.i == 1 for a in n.attribute if a.name == "group")]
+        return sum(any(f"'{scope}'" in p.value for p in n.metadata_props if p.key == "pkg.torch.onnx.name_scopes")
+                   for n in convs)
+
+    calibration = [np.random.default_rng(k).standard_normal((1, 3, 128, 128)).astype(np.float32) for k in range(2)]
+    quantized = {}
+    for modules in ((), ("neck",), ("neck", "head.box_net")):
+        xml = quantize_openvino(path, tmp_path / f"q{len(modules)}.xml", calibration, modules)
+        quantized[modules] = sum(op.get_type_name() == "Convolution"
+                                 and op.input_value(0).get_node().get_type_name() == "FakeQuantize"
+                                 for op in ov.Core().read_model(str(xml)).get_ops())
+    neck, box = dense_under("model.neck"), dense_under("model.head.box_net")
+    assert neck > 0 and box > 0
+    assert quantized[()] - quantized[("neck",)] == neck, (quantized, neck)
+    # the box branch's convolutions but its predictors (never quantized: they write the outputs)
+    assert quantized[("neck",)] - quantized[("neck", "head.box_net")] == box - len(model.levels), (quantized, box)

@@ -15,8 +15,8 @@ calibrated on images of the training set (``calibration_batches``): 8-bit weight
 dense convolutions and nothing else. The depthwise ones stay in floating point (OpenVINO's CPU plugin
 runs them in float whatever the graph says; quantizing their inputs only adds conversions), so do the
 elementwise and pooling operations (a quantizer there splits the convolution + Swish that OpenVINO
-fuses), the output predictors and the modules the task names in ``float_modules`` (the anchor heads'
-box branch): they set the boxes' precision.
+fuses), the output predictors and the modules the task names in ``float_modules`` (for the anchor
+heads, the neck and the box branch: they set the boxes' precision).
 """
 from __future__ import annotations
 
@@ -258,7 +258,11 @@ def quantize_openvino(onnx_path: Path, xml_path: Path, calibration: Sequence[np.
     model = ov.Core().read_model(str(onnx_path))
     # MIXED: asymmetric activations (Swish outputs are not symmetric about 0). Demo set AP against fp32:
     # -10.6 with NNCF's default preset, -4.4 with MIXED and the predictors in float, -0.6 with the box branch too
-    names = _predictor_names(model) + _nodes_under(onnx_path, [f"model.{m}" for m in float_modules])
+    under = set(_nodes_under(onnx_path, [f"model.{m}" for m in float_modules]))
+    # OpenVINO names the parts it splits off an ONNX node "<name>/<part>" (a biased convolution becomes
+    # "<name>/WithoutBiases" and its Add): match them by the ONNX name before the first "/"
+    names = _predictor_names(model) + [op.get_friendly_name() for op in model.get_ops()
+                                       if op.get_friendly_name().split("/")[0] in under]
     # Only the dense convolutions take 8-bit inputs: a quantizer on any other input (the Multiply of
     # x * sigmoid(x), a weighted Add, a pooling) splits the convolution + Swish that OpenVINO fuses
     others = sorted({op.get_type_name() for op in model.get_ops()} - {"Convolution"})

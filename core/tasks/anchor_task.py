@@ -44,7 +44,10 @@ class DetectionTask:
     same task serves a plain, an EMA and a DistributedDataParallel-wrapped network alike.
     """
 
-    float_modules = ("head.box_net",)  # INT8 keeps the box regression in float (demo: -0.6 AP instead of -4.4)
+    # INT8 keeps the neck and the box branch in float: what sets the boxes' precision. Demo set, 2026-12-02
+    # Xeon: the box branch also in INT8 -2.9 AP, only it in float -1.0, with the neck -0.3; at D0 as fast
+    # (the 64-channel convolutions of the neck gain nothing from 8 bits; docs/PERFORMANCE.md)
+    float_modules = ("neck", "head.box_net")
 
     def __init__(self, cfg: Any, levels: list[int], num_classes: int):
         a = cfg.anchors

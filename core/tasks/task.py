@@ -27,8 +27,8 @@ class Task(Protocol):
 
     num_classes: int
     test_cfg: Any
-    # detector modules an INT8 export keeps in float (besides the output predictors): what sets the
-    # boxes' precision (core.inference.exported.quantize_openvino)
+    # detector modules an INT8 export keeps in float besides the output predictors: what sets the boxes'
+    # precision (core.inference.exported.quantize_openvino)
     float_modules: tuple[str, ...]
 
     def __init__(self, cfg: Any, levels: list[int], num_classes: int) -> None: ...
