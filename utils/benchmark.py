@@ -4,7 +4,9 @@
 
 Prints images/s for a training step (forward, loss with target assignment, backward, SGD step;
 batch ``--train-batch``) and for prediction including post-processing (batch
-``--predict-batch``), at the config's input size, on random images with a few random boxes.
+``--predict-batch``), at the config's input size, on random images with a few random boxes. Both sides' networks have random weights and BatchNorm
+statistics of their own activations (``set_batchnorm_statistics``), so that their outputs, and the work
+of post-processing them, depend on the picture as a trained detector's do.
 DetLab runs as ``detection_train.py`` and ``detection_test.py`` do: channels_last, and for
 inference with BatchNorm folded into the convolutions (``core.engine.inference.inference_model``).
 ``--compare effdet`` times effdet's matching model (``tf_efficientdet_d{phi}`` for effdet_b{phi})
@@ -116,6 +118,28 @@ def ratio_spread(slow: list[float], fast: list[float]) -> tuple[float, float, fl
     return statistics.median(ratios), deciles[0], deciles[-1]
 
 
+def set_batchnorm_statistics(model: torch.nn.Module, size: int, device: torch.device, seed: int = 0) -> None:
+    """Each BatchNorm's running statistics set to those of its own input on two batches of 2 random
+    ``size`` x ``size`` pictures (``model`` left in eval mode). A fresh network with the default statistics
+    (mean 0, variance 1) fades its signal about tenfold per stage: DetLab's and effdet's D0 alike return the
+    class prior for every anchor, whatever the picture, and their post-processing then works on 4.4 M tied
+    scores, as no trained detector's does. With these statistics the logits spread (D0: std ~0.3 around
+    the prior) and depend on the picture."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # the plain mean over the batches
+        model.train()
+        for _ in range(2):
+            model(torch.randn(2, 3, size, size, generator=gen).to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+
+
 def detlab_fns(cfg, num_classes: int, device: torch.device, train_batch: int, predict_batch: int,
                compile_model: bool, precision: str) -> tuple[dict[str, Callable[[], None]], float]:
     """Callables for one DetLab training step and one prediction, each as ``detection_train.py``
@@ -123,6 +147,7 @@ def detlab_fns(cfg, num_classes: int, device: torch.device, train_batch: int, pr
     GFLOPs per image (forward)."""
     size = cfg.dataset.image_size
     model = build_detector(cfg, num_classes).to(device, memory_format=torch.channels_last)
+    set_batchnorm_statistics(model, size, device)
     task = build_task(cfg, model)
     predict_net = inference_model(model, device, compile_model)  # a folded copy; model itself is unchanged
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -168,6 +193,7 @@ def effdet_fns(cfg, num_classes: int, device: torch.device, train_batch: int, pr
     train_bench = effdet.create_model(name, bench_task="train", bench_labeler=True, num_classes=num_classes,
                                       pretrained=False,
                                       pretrained_backbone=False, image_size=(size, size)).to(device, memory_format=fmt)
+    set_batchnorm_statistics(train_bench.model, size, device)
     predict_bench = effdet.DetBenchPredict(train_bench.model).to(device)  # its anchors are built on the CPU
     if compile_model:  # as DetLab compiles its training and inference networks
         predict_bench.model = compile_for_inference(train_bench.model, device)
@@ -203,14 +229,16 @@ RUNTIMES = ("torch", "torch-compiled", *EXPORT_RUNTIMES)
 def runtime_fns(cfg, num_classes: int, device: torch.device, predict_batch: int, runtimes: Sequence[str],
                 precision: str) -> dict[str, Callable[[], None]]:
     """One prediction (network, decoding, NMS, detections on the CPU) of ``predict_batch`` random
-    images per runtime, all of one network with the same random weights (``openvino-int8`` calibrated on
-    8 batches of random images: its speed, not its accuracy, is measured here)."""
+    images per runtime, all of one network with the same random weights and ``set_batchnorm_statistics``
+    (``openvino-int8`` calibrated on 8 batches of random images: its speed, not its accuracy, is measured
+    here)."""
     import tempfile
 
     from core.inference.exported import export_network
 
     size = cfg.dataset.image_size
-    model = build_detector(cfg, num_classes).to(device, memory_format=torch.channels_last).eval()
+    model = build_detector(cfg, num_classes).to(device, memory_format=torch.channels_last)
+    set_batchnorm_statistics(model, size, device)
     task = build_task(cfg, model)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(predict_batch, 3, size, size, generator=gen)
