@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from utils.benchmark import achieved_tflops, main, peak_bf16_tflops, ratio_spread
+from utils.benchmark import achieved_tflops, main, peak_bf16_tflops, ratio_spread, set_batchnorm_statistics
 
 
 def test_ratio_spread_pairs_rounds() -> None:
@@ -18,6 +18,34 @@ def test_ratio_spread_pairs_rounds() -> None:
     assert median == 2.0 and low == pytest.approx(1.4) and high == pytest.approx(2.6)
     assert 1.0 <= ratio_spread([1.0, 1.0, 9.0], [1.0, 0.1, 1.0])[1]  # never below the smallest ratio
     assert ratio_spread([3.0], [1.5]) == (2.0, 2.0, 2.0)
+
+
+def test_benchmark_networks_answer_the_picture() -> None:
+    """``set_batchnorm_statistics``: a fresh D0's class logits are the prior to 5 digits whatever the
+    picture (its signal fades through the default BatchNorm statistics); with each BatchNorm's statistics
+    taken from its own input they spread and differ between pictures, and the network is back in eval
+    mode with its momenta."""
+    import torch
+
+    from core.config.loading import load_config
+    from symbol.builder import build_detector
+
+    cfg = load_config("config/effdet_b0.py", ["dataset.image_size=128"])
+    torch.manual_seed(0)
+    model = build_detector(cfg, 3).eval()
+    images = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(5))
+
+    def spread() -> float:
+        with torch.no_grad():
+            logits = model(images)[0][0]
+        return float((logits[0] - logits[1]).abs().max())
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
+    assert spread() < 1e-3
+    set_batchnorm_statistics(model, 128, torch.device("cpu"))
+    assert not model.training and [m.momentum for m in norms] == momenta
+    assert spread() > 0.1
 
 
 def test_gpu_figures() -> None:
