@@ -142,7 +142,8 @@ def test_exported_network_is_called_like_the_torch_network(config: str, runtime:
 def test_int8_keeps_every_dense_convolution_of_the_float_modules_in_float(tmp_path: Path) -> None:
     """``quantize_openvino(..., float_modules)``: each dense convolution that torch's exporter recorded under
     one of the modules (ONNX node metadata) loses its 8-bit input, biased ones included (OpenVINO renames
-    those ``<name>/WithoutBiases``), and no other convolution does."""
+    those ``<name>/WithoutBiases``), and no other convolution does. The convolution that reads the picture
+    is never quantized."""
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
     import onnx
@@ -164,9 +165,12 @@ def test_int8_keeps_every_dense_convolution_of_the_float_modules_in_float(tmp_pa
     quantized = {}
     for modules in ((), ("neck",), ("neck", "head.box_net")):
         xml = quantize_openvino(path, tmp_path / f"q{len(modules)}.xml", calibration, modules)
+        graph = ov.Core().read_model(str(xml))
         quantized[modules] = sum(op.get_type_name() == "Convolution"
                                  and op.input_value(0).get_node().get_type_name() == "FakeQuantize"
-                                 for op in ov.Core().read_model(str(xml)).get_ops())
+                                 for op in graph.get_ops())
+        stem = [t.get_node() for t in graph.get_parameters()[0].output(0).get_target_inputs()]
+        assert [op.get_type_name() for op in stem] == ["Convolution"]  # the picture goes straight in, unquantized
     neck, box = dense_under("model.neck"), dense_under("model.head.box_net")
     assert neck > 0 and box > 0
     assert quantized[()] - quantized[("neck",)] == neck, (quantized, neck)
