@@ -4,9 +4,10 @@
 
 Prints images/s for a training step (forward, loss with target assignment, backward, SGD step;
 batch ``--train-batch``) and for prediction including post-processing (batch
-``--predict-batch``), at the config's input size, on random images with a few random boxes. Both sides' networks have random weights and BatchNorm
-statistics of their own activations (``set_batchnorm_statistics``), so that their outputs, and the work
-of post-processing them, depend on the picture as a trained detector's do.
+``--predict-batch``), at the config's input size, on random images with a few random boxes. Both
+sides' networks have random weights and BatchNorm statistics of their own activations
+(``set_batchnorm_statistics``), so that their outputs, and the work of post-processing them, depend on
+the picture as a trained detector's do.
 DetLab runs as ``detection_train.py`` and ``detection_test.py`` do: channels_last, and for
 inference with BatchNorm folded into the convolutions (``core.engine.inference.inference_model``).
 ``--compare effdet`` times effdet's matching model (``tf_efficientdet_d{phi}`` for effdet_b{phi})
