@@ -37,6 +37,24 @@ if TYPE_CHECKING:  # the heavy imports stay inside main()
     from core.ops.postprocess import Detections
 
 
+def vis_paths(args: argparse.Namespace, records: "list[ImageRecord]") -> list[Path]:
+    """The drawing ``--vis`` writes per record (``<stem>.png``, ``<stem>_<k>.png`` where stems repeat); none
+    without ``--vis`` or with ``--results``. Exits with one line when a drawing would land on one of the
+    pictures, or on an existing file without ``--overwrite``."""
+    if not args.vis or args.results:
+        return []
+    from core.engine.output_paths import OutputPathError, refuse_existing, refuse_inputs
+    from utils.predict import vis_names
+
+    paths = [Path(args.vis) / name for name in vis_names([Path(r.file_name) for r in records])]
+    try:
+        refuse_inputs(paths, [r.file_name for r in records], "choose another --vis")
+        refuse_existing(paths, args.overwrite, "choose another --vis")
+    except OutputPathError as err:
+        raise SystemExit(f"error: {err}") from None
+    return paths
+
+
 def main() -> int:
     parser = config_parser(__doc__)
     parser.add_argument("--epoch", type=int, help="checkpoint epoch of this run (default: newest)")
@@ -47,6 +65,7 @@ def main() -> int:
     add_runtime_arguments(parser)
     parser.add_argument("--vis", metavar="DIR", help="save images with their detections drawn into DIR")
     parser.add_argument("--vis-score", type=float, default=0.3, help="lowest score drawn with --vis")
+    parser.add_argument("--overwrite", action="store_true", help="replace drawings that already exist in --vis")
     parser.add_argument("--tta", metavar="SPEC", help="test-time augmentation: 'flip', scales such as '0.8,1.2', "
                         "or both ('flip,0.8,1.2'); passes are fused by WBF")
     parser.add_argument("--ensemble", nargs="+", metavar="WEIGHTS[@CONFIG]", default=[],
@@ -99,6 +118,7 @@ def main() -> int:
 
     spec = load_dataset_spec(cfg.dataset.data)
     records = read_split(spec, args.split)
+    drawings = vis_paths(args, records)  # refused before the model loads when they would replace anything
     coco_gt = coco_ground_truth(spec, args.split, records)
     out = run_dir(cfg)
     evaluated = None  # image ids scored: all of the records, or those the loader read (skip_bad_images)
@@ -138,17 +158,16 @@ def main() -> int:
             from core.inference.visualize import draw_detections
             from core.data.dataset import load_image
 
-            vis_dir = Path(args.vis)
-            vis_dir.mkdir(parents=True, exist_ok=True)
-            for rec in records:
+            Path(args.vis).mkdir(parents=True, exist_ok=True)
+            for rec, drawing in zip(records, drawings):
                 det = detections.get(rec.image_id)
                 if det is None:  # unreadable, skipped by the loader (dataset.skip_bad_images)
                     continue
                 keep = det.scores >= args.vis_score
                 image = draw_detections(load_image(rec), det.boxes[keep], det.labels[keep], det.scores[keep],
                                         class_names)
-                image.save(vis_dir / f"{Path(rec.file_name).stem}.png")
-            print(f"{len(records)} images with detections saved to {vis_dir}")
+                image.save(drawing)
+            print(f"{len(records)} images with detections saved to {args.vis}")
 
     result = evaluate(coco_gt, results, class_names, category_ids, image_ids=evaluated)
     print(result.summary, end="")

@@ -66,6 +66,18 @@ def test_train_then_test_script(tiny_data: Path, tmp_path: Path) -> None:
     assert results and set(results[0]) == {"image_id", "category_id", "bbox", "score"}
     assert len(list(vis.glob("*.png"))) == 8
 
+    # the drawings are the user's now: the same command again is refused before the model loads, in one
+    # line naming a drawing and the flag, and writes nothing; --overwrite replaces them
+    drawn = {f: f.stat().st_mtime_ns for f in vis.glob("*.png")}
+    refused = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "testing " not in refused.stdout
+    message = refused.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"error: {vis}") and "exists (and 7 more output files); pass --overwrite" in message
+    assert {f: f.stat().st_mtime_ns for f in vis.glob("*.png")} == drawn
+    again = subprocess.run(cmd + ["--overwrite"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert all(f.stat().st_mtime_ns > t for f, t in drawn.items())
+
     # scoring the written results json again without a model gives the same numbers
     again = subprocess.run(cmd[:4] + ["--results", str(out / "results_val.json")] + cmd[8:],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)

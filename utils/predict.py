@@ -75,7 +75,7 @@ def expand_images(items: Sequence[str]) -> list[Path]:
     return out
 
 
-def _vis_names(paths: Sequence[Path], suffix: str = ".png") -> list[str]:
+def vis_names(paths: Sequence[Path], suffix: str = ".png") -> list[str]:
     """A unique ``<stem><suffix>`` per file (``<stem>_<k><suffix>`` when stems repeat)."""
     names, seen = [], {}
     for p in paths:
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         _cv2()  # fail before loading the model when videos cannot be read
     video_dir = Path(args.video_dir) if args.video_dir else Path(args.out).parent
     video_outputs = [(video_dir / f"{name}.jsonl", video_dir / f"{name}_detections.mp4")
-                     for name in _vis_names(videos, "")]
+                     for name in vis_names(videos, "")]
     refuse_existing(planned_outputs(args, paths, videos, video_outputs), args.overwrite,
                     "choose another --out / --vis / --video-dir")
     from core.inference.ensemble import TTAPlan
@@ -229,7 +229,7 @@ def planned_outputs(args: argparse.Namespace, paths: Sequence[Path], videos: Seq
     videos), each picture's drawing (--vis) and each video's JSON lines and annotated copy."""
     planned = [Path(args.out)] if paths or not videos else []
     if args.vis:
-        planned += [Path(args.vis) / name for name in _vis_names(paths)]
+        planned += [Path(args.vis) / name for name in vis_names(paths)]
     return planned + [p for pair in video_outputs for p in pair]
 
 
@@ -244,7 +244,7 @@ def predict_pictures(args: argparse.Namespace, det, paths: Sequence[Path], tta, 
     vis_dir = Path(args.vis) if args.vis else None
     if vis_dir is not None:
         vis_dir.mkdir(parents=True, exist_ok=True)
-    names = _vis_names(paths)
+    names = vis_names(paths)
     bs = args.batch or det.cfg.test.batch_image
     progress = Progress("pictures", len(paths), "pictures", args.log_every)
     step = 1 if tiling else bs  # tiled, one picture gives batches of its windows
