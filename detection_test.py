@@ -38,10 +38,10 @@ if TYPE_CHECKING:  # the heavy imports stay inside main()
 
 
 def vis_paths(args: argparse.Namespace, records: "list[ImageRecord]") -> list[Path]:
-    """The drawing ``--vis`` writes per record (``<stem>.png``, ``<stem>_<k>.png`` where stems repeat); none
-    without ``--vis`` or with ``--results``. Exits with one line when a drawing would land on one of the
+    """The drawing ``--vis`` writes per record (``<stem>.png``, ``<stem>_<k>.png`` where stems repeat; none
+    without ``--vis``). Exits with one line when a drawing would land on one of the
     pictures, or on an existing file without ``--overwrite``."""
-    if not args.vis or args.results:
+    if not args.vis:
         return []
     from core.engine.output_paths import OutputPathError, refuse_existing, refuse_inputs
     from utils.predict import vis_names
@@ -82,8 +82,8 @@ def main() -> int:
                         "score of a detection counted (default 0.25)")
     args = parser.parse_args()
     cfg = load_from_args(args)
-    if args.results and (args.tta or args.ensemble or args.tile):
-        parser.error("--tta, --ensemble and --tile run models; they cannot be combined with --results")
+    if args.results and (args.tta or args.ensemble or args.tile or args.vis):
+        parser.error("--tta, --ensemble, --tile and --vis run a model; none can be combined with --results")
     try:
         args.tiling = tile_plan(args)
     except ValueError as err:

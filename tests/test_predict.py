@@ -207,3 +207,13 @@ def test_detection_test_prints_tta_and_ensemble_next_to_single(trained: dict) ->
     for name in ("results_val.json", "results_val_tta.json", "results_val_ensemble.json"):
         results = json.loads((run / name).read_text())
         assert results and set(results[0]) == {"image_id", "category_id", "bbox", "score"}
+
+
+def test_drawing_names_never_collide() -> None:
+    """``vis_names``: one drawing name per picture, also where a repeated stem's ``<stem>_<k>`` is another
+    picture's own stem (a COCO split with subfolders), so no drawing replaces another in the same run."""
+    from utils.predict import vis_names
+
+    paths = [Path("a/x.jpg"), Path("b/x.jpg"), Path("x_1.jpg"), Path("c/x.png"), Path("y.jpg")]
+    names = vis_names(paths)
+    assert names == ["x.png", "x_1.png", "x_1_1.png", "x_2.png", "y.png"]

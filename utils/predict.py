@@ -76,12 +76,17 @@ def expand_images(items: Sequence[str]) -> list[Path]:
 
 
 def vis_names(paths: Sequence[Path], suffix: str = ".png") -> list[str]:
-    """A unique ``<stem><suffix>`` per file (``<stem>_<k><suffix>`` when stems repeat)."""
-    names, seen = [], {}
+    """A unique ``<stem><suffix>`` per file (``<stem>_<k><suffix>`` with the smallest free ``k`` when the
+    name is taken: ``a/x.jpg``, ``b/x.jpg`` and ``x_1.jpg`` give ``x``, ``x_1`` and ``x_1_1``)."""
+    names: list[str] = []
+    taken: set[str] = set()
     for p in paths:
-        k = seen.get(p.stem, 0)
-        seen[p.stem] = k + 1
-        names.append(f"{p.stem}{suffix}" if k == 0 else f"{p.stem}_{k}{suffix}")
+        name, k = f"{p.stem}{suffix}", 0
+        while name in taken:
+            k += 1
+            name = f"{p.stem}_{k}{suffix}"
+        taken.add(name)
+        names.append(name)
     return names
 
 

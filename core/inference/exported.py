@@ -182,7 +182,8 @@ class ExportedNetwork:
                 chunk = np.concatenate([chunk, np.zeros((self.batch - n, *chunk.shape[1:]), chunk.dtype)])
             outputs = [np.asarray(a)[:n] for a in self._run(chunk)]
             # OpenVINO's next inference overwrites the arrays it returned: keep a copy of all but the last
-            parts.append([a.copy() for a in outputs] if start + self.batch < len(x) else outputs)
+            reused = self.runtime != "onnxruntime" and start + self.batch < len(x)
+            parts.append([a.copy() for a in outputs] if reused else outputs)
         # [B, H, W, C] arrays as the torch network's [B, C, H, W] outputs in channels_last (no copy)
         flat = [torch.from_numpy(np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k])
                 .permute(0, 3, 1, 2) for k in range(len(self.names))]
@@ -299,15 +300,19 @@ def _nodes_under(onnx_path: Path, scopes: Sequence[str]) -> list[str]:
 def _input_convolution_names(model: Any) -> list[str]:
     """Names of the convolutions that read an OpenVINO model's inputs: the first one on each path from an
     input (through whatever ops come before it)."""
-    names = []
-    for parameter in model.get_parameters():
-        frontier = [t.get_node() for t in parameter.output(0).get_target_inputs()]
-        while frontier:
-            node = frontier.pop()
-            if node.get_type_name() in ("Convolution", "GroupConvolution"):
-                names.append(node.get_friendly_name())
-            elif node.get_type_name() != "Result":
-                frontier += [t.get_node() for out in node.outputs() for t in out.get_target_inputs()]
+    names: list[str] = []
+    seen: set[str] = set()
+    frontier = [t.get_node() for parameter in model.get_parameters() for t in parameter.output(0).get_target_inputs()]
+    while frontier:
+        node = frontier.pop()
+        name = node.get_friendly_name()
+        if name in seen:
+            continue
+        seen.add(name)
+        if node.get_type_name() in ("Convolution", "GroupConvolution"):
+            names.append(name)
+        elif node.get_type_name() != "Result":
+            frontier += [t.get_node() for out in node.outputs() for t in out.get_target_inputs()]
     return names
 
 
