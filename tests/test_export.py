@@ -171,6 +171,8 @@ def test_int8_keeps_every_dense_convolution_of_the_float_modules_in_float(tmp_pa
                                  for op in graph.get_ops())
         stem = [t.get_node() for t in graph.get_parameters()[0].output(0).get_target_inputs()]
         assert [op.get_type_name() for op in stem] == ["Convolution"]  # the picture goes straight in, unquantized
+    with pytest.raises(ValueError, match=r"float_modules \['head.boxes'\]: no node"):
+        quantize_openvino(path, tmp_path / "typo.xml", calibration, ("neck", "head.boxes"))
     neck, box = dense_under("model.neck"), dense_under("model.head.box_net")
     assert neck > 0 and box > 0
     assert quantized[()] - quantized[("neck",)] == neck, (quantized, neck)

@@ -261,6 +261,9 @@ def quantize_openvino(onnx_path: Path, xml_path: Path, calibration: Sequence[np.
     # MIXED: asymmetric activations (Swish outputs are not symmetric about 0). Demo set AP against fp32:
     # -10.6 with NNCF's default preset, -4.4 with MIXED and the predictors in float, -0.6 with the box branch too
     under = set(_nodes_under(onnx_path, [f"model.{m}" for m in float_modules]))
+    missing = [m for m in float_modules if not _nodes_under(onnx_path, [f"model.{m}"])]
+    if missing:  # a task naming a module its detector does not have would quantize it without a word
+        raise ValueError(f"float_modules {missing}: no node of the exported graph ran in such a module")
     # OpenVINO names the parts it splits off an ONNX node "<name>/<part>" (a biased convolution becomes
     # "<name>/WithoutBiases" and its Add): match them by the ONNX name before the first "/"
     # the convolution that reads the picture stays in float too: quantizing the input costs more than its
