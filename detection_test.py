@@ -155,7 +155,7 @@ def main() -> int:
         write_json(results, results_path)
         print(f"detections written to {results_path}")
         if args.vis:
-            from core.inference.visualize import draw_detections
+            from core.inference.visualize import draw_detections, save_png
             from core.data.dataset import load_image
 
             Path(args.vis).mkdir(parents=True, exist_ok=True)
@@ -166,7 +166,7 @@ def main() -> int:
                 keep = det.scores >= args.vis_score
                 image = draw_detections(load_image(rec), det.boxes[keep], det.labels[keep], det.scores[keep],
                                         class_names)
-                image.save(drawing)
+                save_png(image, drawing)
             print(f"{len(records)} images with detections saved to {args.vis}")
 
     result = evaluate(coco_gt, results, class_names, category_ids, image_ids=evaluated)

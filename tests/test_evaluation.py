@@ -28,7 +28,7 @@ from core.evaluation.coco_eval import (
 )
 from core.data.records import ImageRecord
 from core.evaluation.plot import plot_runs, read_log, text_loss_bars
-from core.inference.visualize import draw_detections, save_grid
+from core.inference.visualize import draw_detections, save_grid, save_png
 
 REPO = Path(__file__).resolve().parents[1]
 CLASS_NAMES = ["cat", "dog", "person"]
@@ -260,3 +260,26 @@ def test_plot_log_cli(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "run" / "curves.png").is_file()
+
+
+def test_a_drawing_is_complete_or_absent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``save_png``: the PNG reads back pixel for pixel; a save that fails half-way (a full disk, a stop)
+    leaves no file under the drawing's name and no temporary file, and an earlier drawing there intact."""
+    from PIL import Image
+
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8))
+    target = tmp_path / "x.png"
+    save_png(picture, target)
+    assert np.array_equal(np.asarray(Image.open(target)), np.asarray(picture))
+    before = target.read_bytes()
+
+    def half_then_fail(self, fp, *args, **kwargs) -> None:
+        Path(fp).write_bytes(b"\x89PNG half")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", half_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        save_png(picture, target)
+    with pytest.raises(OSError, match="No space"):
+        save_png(picture, tmp_path / "new.png")
+    assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]

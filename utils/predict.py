@@ -243,7 +243,7 @@ def predict_pictures(args: argparse.Namespace, det, paths: Sequence[Path], tta, 
     from core.engine.tester import write_json
     from core.evaluation.coco_eval import to_coco_results
     from core.inference.predictor import to_pil
-    from core.inference.visualize import draw_detections
+    from core.inference.visualize import draw_detections, save_png
 
     results: list[dict] = []
     vis_dir = Path(args.vis) if args.vis else None
@@ -264,8 +264,8 @@ def predict_pictures(args: argparse.Namespace, det, paths: Sequence[Path], tta, 
                 results.append({**row, "file_name": str(path), "category_name": name})
             if vis_dir is not None:
                 keep = pred.scores >= args.vis_score
-                draw_detections(picture, pred.boxes[keep], pred.labels[keep], pred.scores[keep],
-                                det.class_names).save(vis_dir / names[start + k])
+                save_png(draw_detections(picture, pred.boxes[keep], pred.labels[keep], pred.scores[keep],
+                                         det.class_names), vis_dir / names[start + k])
         progress.update(len(chunk))
     progress.close()
     out = Path(args.out)

@@ -111,5 +111,17 @@ def save_grid(
         grid.paste(im.convert("RGB"), (c * (cell_w + gap), r * (cell_h + gap)))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(out, format="PNG")
+    save_png(grid, out)
     return out
+
+
+def save_png(image: Image.Image, path: str | os.PathLike) -> None:
+    """``image`` as a PNG at ``path``, atomically: written beside it under a hidden temporary name and
+    renamed when complete, so an interrupted run never leaves half a drawing under the final name."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
