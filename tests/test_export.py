@@ -11,6 +11,7 @@ from core.config.loading import load_config
 from symbol.builder import build_detector
 from core.tasks.task import build_task
 from core.inference.exported import export_onnx
+from utils.benchmark import set_batchnorm_statistics
 
 ROOT = Path(__file__).resolve().parent.parent
 ort = pytest.importorskip("onnxruntime")
@@ -35,13 +36,9 @@ def lively_network(config: str, size: int) -> tuple[torch.nn.Module, object]:
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
-                m.reset_running_stats()
-                m.momentum = None  # the plain mean over the batches below
                 m.weight.uniform_(0.5, 1.5, generator=gen)
                 m.bias.uniform_(-0.2, 0.2, generator=gen)
-        model.train()
-        for _ in range(2):
-            model(torch.randn(2, 3, size, size, generator=gen))
+    set_batchnorm_statistics(model, size, torch.device("cpu"))
     return model.eval(), cfg
 
 

@@ -260,13 +260,14 @@ def quantize_openvino(onnx_path: Path, xml_path: Path, calibration: Sequence[np.
     model = ov.Core().read_model(str(onnx_path))
     # MIXED: asymmetric activations (Swish outputs are not symmetric about 0). Demo set AP against fp32:
     # -10.6 with NNCF's default preset, -4.4 with MIXED and the predictors in float, -0.6 with the box branch too
-    under = set(_nodes_under(onnx_path, [f"model.{m}" for m in float_modules]))
-    missing = [m for m in float_modules if not _nodes_under(onnx_path, [f"model.{m}"])]
+    per_module = {m: _nodes_under(onnx_path, [f"model.{m}"]) for m in float_modules}
+    missing = [m for m, nodes in per_module.items() if not nodes]
     if missing:  # a task naming a module its detector does not have would quantize it without a word
         raise ValueError(f"float_modules {missing}: no node of the exported graph ran in such a module")
+    under = {name for nodes in per_module.values() for name in nodes}
     # OpenVINO names the parts it splits off an ONNX node "<name>/<part>" (a biased convolution becomes
-    # "<name>/WithoutBiases" and its Add): match them by the ONNX name before the first "/"
-    # the convolution that reads the picture stays in float too: quantizing the input costs more than its
+    # "<name>/WithoutBiases" and its Add): match them by the ONNX name before the first "/". The
+    # convolution that reads the picture stays in float too: quantizing the input costs more than its
     # 27-channel dot products gain (EfficientDet-D0 stem: 2 % of the network's time, 2026-12-02 Xeon)
     names = _predictor_names(model) + _input_convolution_names(model) + [
         op.get_friendly_name() for op in model.get_ops() if op.get_friendly_name().split("/")[0] in under]
