@@ -92,8 +92,8 @@ def time_interleaved(fns: dict[str, Callable[[], None]], iters: int, warmup: int
                      device: torch.device) -> dict[str, list[float]]:
     """Seconds of each call of each function, calling them in turn ``iters`` times (round ``i`` of
     every function at index ``i``). Each round calls them in a new (seeded) random order, so no
-    function always follows the same one: a thread pool still spinning from the call before, as
-    ONNX Runtime's does, slows whichever call comes next."""
+    function always follows the same one: a thread pool still spinning from the call before (as
+    ONNX Runtime's does by default; DetLab stops it after each run) slows whichever call comes next."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
