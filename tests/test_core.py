@@ -464,7 +464,9 @@ def test_top_candidates_equal_full_topk(k: int) -> None:
                torch.randn(4 * 9, 10, generator=gen)]  # slices divide every level
     tied = [torch.full((64 * 9, 10), -4.6), torch.full((16 * 9, 10), -4.6), torch.randn(4 * 9, 10, generator=gen)]
     never = [torch.randn(300, 9, generator=gen), torch.full((77, 9), -math.inf), torch.randn(40, 9, generator=gen)]
-    for levels in (ragged, pyramid, tied, never):
+    aligned = [torch.randn(1024, 32, generator=gen), torch.randn(256, 32, generator=gen),  # slices of 32n floats
+               torch.randint(-3, 3, (64, 32), generator=gen).float()]
+    for levels in (ragged, pyramid, tied, never, aligned):
         flat = torch.cat([x.reshape(-1) for x in levels])
         for min_logit in (-math.inf, -4.6, 0.5, 100.0):  # 100: nothing reaches the floor
             values, idx = top_candidates([levels[0], levels[1].t().contiguous().t(), levels[2]], k, min_logit)

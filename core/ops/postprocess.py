@@ -75,9 +75,7 @@ def top_candidates(class_scores: Sequence[torch.Tensor], k: int, floor: float) -
     maxima = torch.cat([rows.amax(dim=1) for _, rows in pieces])
     top_maxima, top_slices = maxima.topk(min(k, maxima.numel()), sorted=False)
     threshold = top_maxima.min().clamp(min=max(floor, torch.finfo(maxima.dtype).min))  # the padding never passes
-    hit = torch.zeros_like(maxima, dtype=torch.bool)
-    hit[top_slices[top_maxima >= threshold]] = True
-    kept = hit.nonzero().squeeze(1)  # slice numbers, ascending
+    kept = top_slices[top_maxima >= threshold].sort().values  # slice numbers, ascending
     first_slice = [0]
     for _, rows in pieces:
         first_slice.append(first_slice[-1] + rows.shape[0])
@@ -98,11 +96,13 @@ def top_candidates(class_scores: Sequence[torch.Tensor], k: int, floor: float) -
 
 
 def _slice_length(sizes: list[int], target: int) -> int:
-    """The largest common divisor of ``sizes`` in ``(target / 2, target]``, else ``target``."""
+    """The largest common divisor of ``sizes`` in ``(target / 2, target]``, preferring multiples of 32
+    (the row maxima of such slices are found faster: docs/PERFORMANCE.md), else ``target``."""
     common = 0
     for n in sizes:
         common = math.gcd(common, n)
-    return next((d for d in range(target, target // 2, -1) if common % d == 0), target)
+    divisors = [d for d in range(target, target // 2, -1) if common % d == 0]
+    return next((d for d in divisors if d % 32 == 0), divisors[0] if divisors else target)
 
 
 def batch_top_candidates(class_scores: Sequence[torch.Tensor], k: int,
