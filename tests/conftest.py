@@ -1,7 +1,9 @@
 """Make the repository root importable so a bare ``pytest`` finds ``core``, ``symbol``, ``utils``."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -9,8 +11,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-# the start-up check's cache (core.data.check_cache) of this test session, not the user's
-os.environ.setdefault("DETLAB_CACHE", tempfile.mkdtemp(prefix="detlab-test-cache-"))
+# the start-up check's cache (core.data.check_cache) of this test session, not the user's; removed at exit
+if "DETLAB_CACHE" not in os.environ:
+    os.environ["DETLAB_CACHE"] = tempfile.mkdtemp(prefix="detlab-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["DETLAB_CACHE"], ignore_errors=True)
 
 # Property tests draw the same examples on every run, so a red suite is reproducible and CI does not turn
 # red on a new draw; `pytest --hypothesis-profile=fuzz` draws new ones (and keeps what fails as an @example).
