@@ -179,7 +179,7 @@ def test_int8_keeps_every_dense_convolution_of_the_float_modules_in_float(tmp_pa
 
 def test_onnxruntime_leaves_no_thread_spinning_after_a_call(tmp_path: Path) -> None:
     """An ONNX Runtime call returns with its worker threads stopped: by default they spin on after the run
-    (~25 ms of CPU on a 2-core Xeon) and take the cores from the post-processing and from whatever runs
+    and take the cores from the post-processing and from whatever runs
     next. Measured as the process's CPU time while it sleeps right after a call."""
     import time
 

@@ -143,8 +143,7 @@ class ExportedNetwork:
             if threads:
                 options.intra_op_num_threads = threads
             # its workers spin between operators (fast) and, by default, on after a run returns: they then take
-            # the cores from DetLab's post-processing and from whatever runs next (OpenVINO right after an
-            # ONNX Runtime call: 43 ms instead of 32, ONNX Runtime's own prediction 51 instead of 48; 2-core Xeon)
+            # the cores from DetLab's post-processing and from whatever runs next (docs/PERFORMANCE.md)
             options.add_session_config_entry("session.force_spinning_stop", "1")
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             self._run = lambda x: session.run(self.names, {"images": x})
