@@ -105,4 +105,6 @@ def test_runtimes_benchmark_times_each_runtime_against_effdet(capsys) -> None:
     for name in ("detlab/predict-torch", "detlab/predict-onnxruntime", "detlab/predict-openvino"):
         ms, ips, ratio = re.search(rf"^{name}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+) \(", out, re.M).groups()
         assert float(ms) > 0 and float(ips) > 0 and float(ratio) > 0
+    assert re.search(r"^detlab/predict-openvino\s.*float parts in f32$", out, re.M), out
+    assert re.search(r"^CPU: .+ \(", out, re.M), out
     assert re.search(r"^effdet/predict-eager\s+[\d.]+\s+[\d.]+$", out, re.M), out

@@ -132,6 +132,7 @@ def test_exported_network_is_called_like_the_torch_network(config: str, runtime:
     with torch.no_grad():
         expected = model(images)
     got = net.eval()(images)
+    assert net.precision == "f32"  # not OpenVINO's bf16 on CPUs that have it
     assert type(got) is type(expected)
     assert_close_outputs(flat_outputs(got), flat_outputs(expected), FLOAT32_RTOL)
 
@@ -175,6 +176,23 @@ def test_int8_keeps_every_dense_convolution_of_the_float_modules_in_float(tmp_pa
     assert quantized[()] - quantized[("neck",)] == neck, (quantized, neck)
     # the box branch's convolutions but its predictors (never quantized: they write the outputs)
     assert quantized[("neck",)] - quantized[("neck", "head.box_net")] == box - len(model.levels), (quantized, box)
+
+
+def test_cpu_has_amx_reads_the_flags_line(tmp_path: Path) -> None:
+    """``cpu_has_amx``: True only for an ``amx_bf16`` flag on the flags line of cpuinfo (the INT8 runtime's
+    float parts go bf16 only there); a flag-like word elsewhere, or no file, is False."""
+    from core.inference.exported import cpu_has_amx
+
+    def cpuinfo(text: str) -> Path:
+        path = tmp_path / f"cpuinfo{len(list(tmp_path.iterdir()))}"
+        path.write_text(text)
+        return path
+
+    amx = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
+    avx512 = "processor\t: 0\nmodel name\t: amx_bf16 lookalike\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+    assert cpu_has_amx(cpuinfo(amx))
+    assert not cpu_has_amx(cpuinfo(avx512))
+    assert not cpu_has_amx(tmp_path / "missing")
 
 
 def test_onnxruntime_leaves_no_thread_spinning_after_a_call(tmp_path: Path) -> None:

@@ -60,6 +60,23 @@ PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200"
                     "L40S": 362.0, "L4": 121.0, "A10": 125.0}
 
 
+def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name and its widest vector units (AVX2, AVX-512, AMX) as Linux's cpuinfo gives them;
+    "unknown" where there is no such file."""
+    try:
+        lines = cpuinfo.read_text().splitlines()
+    except OSError:
+        return "unknown"
+
+    def field(key: str) -> str:
+        return next((line.split(":", 1)[1].strip() for line in lines if line.startswith(key)), "")
+
+    flags = set(field("flags").split())
+    units = [name for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AVX-512 bf16", "avx512_bf16"),
+                                     ("AVX-512 VNNI", "avx512_vnni"), ("AMX", "amx_bf16")) if flag in flags]
+    return f"{field('model name') or 'unknown'} ({', '.join(units) or 'no AVX2'})"
+
+
 def peak_bf16_tflops(device_name: str) -> float | None:
     """Dense bf16 peak TFLOP/s of the GPU named ``device_name`` (as ``torch.cuda.get_device_name``
     gives it), or None for a device not in :data:`PEAK_BF16_TFLOPS`."""
@@ -228,11 +245,11 @@ RUNTIMES = ("torch", "torch-compiled", *EXPORT_RUNTIMES)
 
 
 def runtime_fns(cfg, num_classes: int, device: torch.device, predict_batch: int, runtimes: Sequence[str],
-                precision: str) -> dict[str, Callable[[], None]]:
+                precision: str) -> tuple[dict[str, Callable[[], None]], dict[str, str]]:
     """One prediction (network, decoding, NMS, detections on the CPU) of ``predict_batch`` random
     images per runtime, all of one network with the same random weights and ``set_batchnorm_statistics``
     (``openvino-int8`` calibrated on 8 batches of random images: its speed, not its accuracy, is measured
-    here)."""
+    here); also the float precision each exported runtime computes in (``ExportedNetwork.precision``)."""
     import tempfile
 
     from core.inference.exported import export_network
@@ -246,6 +263,7 @@ def runtime_fns(cfg, num_classes: int, device: torch.device, predict_batch: int,
     calibration = [torch.randn(predict_batch, 3, size, size, generator=gen).numpy() for _ in range(8)]
     targets = [{"scale": 1.0, "orig_size": (size, size)}] * predict_batch
     fns: dict[str, Callable[[], None]] = {}
+    precisions: dict[str, str] = {}
     for runtime in runtimes:
         if runtime.startswith("torch"):
             net, on = inference_model(model, device, runtime == "torch-compiled"), device
@@ -254,9 +272,10 @@ def runtime_fns(cfg, num_classes: int, device: torch.device, predict_batch: int,
                 net = export_network(inference_model(model, torch.device("cpu")), task, size, runtime, Path(folder),
                                      predict_batch, torch.get_num_threads(), calibration)
             on = torch.device("cpu")
+            precisions[f"detlab/predict-{runtime}"] = net.precision
         fns[f"detlab/predict-{runtime}"] = (lambda net, on: lambda: detect_batch(net, task, x, targets, on,
                                                                                  precision))(net, on)
-    return fns
+    return fns, precisions
 
 
 def runtime_benchmark(cfg, args: argparse.Namespace, device: torch.device, precision: str) -> int:
@@ -265,7 +284,7 @@ def runtime_benchmark(cfg, args: argparse.Namespace, device: torch.device, preci
     unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown:
         raise SystemExit(f"error: unknown runtime(s) {', '.join(unknown)}; choose from {', '.join(RUNTIMES)}")
-    runs = runtime_fns(cfg, args.num_classes, device, args.predict_batch, runtimes, precision)
+    runs, precisions = runtime_fns(cfg, args.num_classes, device, args.predict_batch, runtimes, precision)
     if args.compare == "effdet":
         for compiled in (False, True) if args.compile else (False,):
             fns = effdet_fns(cfg, args.num_classes, device, 2, args.predict_batch, args.channels_last, compiled,
@@ -275,6 +294,7 @@ def runtime_benchmark(cfg, args: argparse.Namespace, device: torch.device, preci
     reference = next((name for name in ("effdet/predict-compiled", "effdet/predict-eager") if name in rounds), None)
     print(f"{cfg.source}: prediction at {cfg.dataset.image_size} px, batch {args.predict_batch}, {args.num_classes} "
           f"classes, {device}, {torch.get_num_threads()} threads, {args.iters} rounds (post-processing included)")
+    print(f"CPU: {cpu_description()}")
     print(f"{'':30}{'ms/iter':>10}{'images/s':>10}" + (f"   x {reference} (median, 10-90 % of rounds)"
                                                        if reference else ""))
     for name, seconds in rounds.items():
@@ -283,6 +303,8 @@ def runtime_benchmark(cfg, args: argparse.Namespace, device: torch.device, preci
         if reference and name != reference:
             ratio, low, high = ratio_spread(rounds[reference], seconds)
             line += f"   {ratio:.2f} ({low:.2f}-{high:.2f})"
+        if name in precisions:
+            line += f"   float parts in {precisions[name]}"
         print(line)
     return 0
 

@@ -122,8 +122,8 @@ class ExportedNetwork:
     """An export of a DetLab network (``export_onnx`` without ``postprocess``) run by ``runtime`` on the CPU
     with ``threads`` threads (None: the runtime's choice): ``"onnxruntime"`` or ``"openvino"`` run the ONNX
     file ``path`` in float32; ``"openvino-int8"`` runs ``quantize_openvino``'s IR ``path``, its float parts
-    in the precision OpenVINO picks for the CPU (bfloat16 where the CPU has it). ``batch``: the export's
-    fixed batch; a call with fewer images pads them, with more runs them ``batch`` at a time.
+    in bfloat16 where the CPU has AMX (``cpu_has_amx``), else in float32; ``precision`` says which
+    (``"f32"``, ``"bf16"``). ``batch``: the export's fixed batch; a call with fewer images pads them, with more runs them ``batch`` at a time.
     ``__call__(images [N, 3, S, S]) -> the raw outputs`` as the torch network returns them (float32 CPU
     tensors, channels-last). OpenVINO's outputs share its buffers (no copy of the 18 MB of D0's logits):
     they hold until the next call, so decode them before calling again, as ``detect_batch`` does."""
@@ -146,6 +146,7 @@ class ExportedNetwork:
             # the cores from DetLab's post-processing and from whatever runs next (docs/PERFORMANCE.md)
             options.add_session_config_entry("session.force_spinning_stop", "1")
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.precision = "f32"
             self._run = lambda x: session.run(self.names, {"images": x})
         else:
             try:
@@ -153,11 +154,15 @@ class ExportedNetwork:
             except ImportError:
                 raise SystemExit("error: --runtime openvino needs openvino: pip install -r requirements-deploy.txt") \
                     from None
-            # f32: on CPUs with bf16 units OpenVINO would otherwise compute in bf16 (2-3 significant digits)
-            config = {"INFERENCE_PRECISION_HINT": "f32"} if runtime == "openvino" else {}
+            # openvino: f32, or OpenVINO computes in bf16 (2-3 significant digits) on CPUs with bf16 units.
+            # openvino-int8: the float parts in bf16 only where the CPU has AMX; AVX-512 bf16 alone is slower
+            # than f32 (docs/PERFORMANCE.md)
+            float32 = runtime == "openvino" or not cpu_has_amx()
+            config = {"INFERENCE_PRECISION_HINT": "f32"} if float32 else {}
             if threads:
                 config["INFERENCE_NUM_THREADS"] = threads
             compiled = ov.Core().compile_model(str(path), "CPU", config)
+            self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
             outputs = [compiled.output(name) for name in self.names]
             request = compiled.create_infer_request()
 
@@ -191,6 +196,17 @@ class ExportedNetwork:
         flat = [torch.from_numpy(np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k])
                 .permute(0, 3, 1, 2) for k in range(len(self.names))]
         return nested_outputs(flat, self.num_levels)
+
+
+def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU has AMX tiles for bf16 (the ``amx_bf16`` flag of Linux's ``cpuinfo``; False where the
+    file is missing or unreadable)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "amx_bf16" in flags
 
 
 def export_network(model: nn.Module, task: Task, image_size: int, runtime: str, folder: Path, batch: int = 1,
