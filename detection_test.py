@@ -140,8 +140,8 @@ def main() -> int:
             trained = dataclasses.replace(trained, model=exported)
             int8 = args.runtime == "openvino-int8"
             calibrated = f", calibrated on {args.calib_images} training images" if int8 else ""
-            print(f"runtime: {args.runtime} (the network exported to ONNX, batch {cfg.test.batch_image}{calibrated}; "
-                  f"DetLab's post-processing)")
+            print(f"runtime: {args.runtime} (the network exported to ONNX, batch {cfg.test.batch_image}{calibrated}, "
+                  f"float parts in {exported.precision}; DetLab's post-processing)")
         if trained.class_names != spec.class_names:
             print(f"warning: model classes {trained.class_names} differ from dataset classes {spec.class_names}")
         class_names, category_ids = trained.class_names, trained.category_ids
