@@ -439,6 +439,23 @@ def test_class_nms_keeps_what_per_class_nms_keeps(num_boxes: int, num_classes: i
         assert torch.equal(class_nms(boxes, scores, labels, iou), _nms_class_by_class(boxes, scores, labels, iou))
 
 
+@pytest.mark.parametrize("chunk", [1, 50, 997])
+def test_class_nms_in_chunks_keeps_the_same(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same-class pairs tested a chunk at a time (``PAIRS_PER_CHUNK``, which bounds memory for tens of
+    thousands of candidates) keep what torchvision's nms keeps class by class: chunks that cut a class,
+    and a box with more pairs than a chunk holds (chunk 1 and 50 against classes of ~40 boxes)."""
+    from core.ops import nms as nms_module
+
+    gen = torch.Generator().manual_seed(chunk)
+    xy = torch.rand(1200, 2, generator=gen) * 300
+    boxes = torch.cat([xy, xy + 10 + torch.rand(1200, 2, generator=gen) * 100], 1)
+    scores = torch.rand(1200, generator=gen)
+    labels = torch.randint(0, 30, (1200,), generator=gen)
+    monkeypatch.setattr(nms_module, "PAIRS_PER_CHUNK", chunk)
+    for iou in (0.3, 0.7):
+        assert torch.equal(class_nms(boxes, scores, labels, iou), _nms_class_by_class(boxes, scores, labels, iou))
+
+
 def test_class_nms_follows_suppression_chains() -> None:
     """Boxes in a row, each overlapping the next (IoU 0.54) but not the one after (0.25): greedy NMS
     keeps every other box, because a suppressed box suppresses nothing. The same-class-pairs route
