@@ -123,7 +123,8 @@ class ExportedNetwork:
     with ``threads`` threads (None: the runtime's choice): ``"onnxruntime"`` or ``"openvino"`` run the ONNX
     file ``path`` in float32; ``"openvino-int8"`` runs ``quantize_openvino``'s IR ``path``, its float parts
     in bfloat16 where the CPU has AMX (``cpu_has_amx``), else in float32; ``precision`` says which
-    (``"f32"``, ``"bf16"``). ``batch``: the export's fixed batch; a call with fewer images pads them, with more runs them ``batch`` at a time.
+    (``"f32"``, ``"bf16"``). ``batch``: the export's fixed batch; a call with fewer images pads them, with
+    more runs them ``batch`` at a time.
     ``__call__(images [N, 3, S, S]) -> the raw outputs`` as the torch network returns them (float32 CPU
     tensors, channels-last). OpenVINO's outputs share its buffers (no copy of the 18 MB of D0's logits):
     they hold until the next call, so decode them before calling again, as ``detect_batch`` does."""
