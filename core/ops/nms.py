@@ -50,7 +50,7 @@ def class_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, i
     return by_score[kept[by_score]]
 
 
-PAIRS_PER_CHUNK = 1 << 21  # same-class pairs tested at once: ~100 MB of indices, boxes and IoUs
+PAIRS_PER_CHUNK = 1 << 20  # same-class pairs tested at once: ~170 MiB at the peak (docs/PERFORMANCE.md)
 
 
 def _overlapping_pairs(boxes: torch.Tensor, behind: torch.Tensor, pairs: int,
