@@ -49,7 +49,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from core.config.loading import load_config
 from core.engine.inference import compile_for_inference, detect_batch, inference_model
-from core.engine.runtime import autocast, seed_everything, select_device
+from core.engine.runtime import autocast, cpu_info, seed_everything, select_device
 from core.inference.exported import RUNTIMES as EXPORT_RUNTIMES
 from core.tasks.task import build_task
 from symbol.builder import build_detector
@@ -63,18 +63,13 @@ PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200"
 def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU's model name and its widest vector units (AVX2, AVX-512, AMX) as Linux's cpuinfo gives them;
     "unknown" where there is no such file."""
-    try:
-        lines = cpuinfo.read_text().splitlines()
-    except OSError:
+    info = cpu_info(cpuinfo)
+    if not info:
         return "unknown"
-
-    def field(key: str) -> str:
-        return next((line.split(":", 1)[1].strip() for line in lines if line.startswith(key)), "")
-
-    flags = set(field("flags").split())
+    flags = set(info.get("flags", "").split())
     units = [name for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AVX-512 bf16", "avx512_bf16"),
                                      ("AVX-512 VNNI", "avx512_vnni"), ("AMX", "amx_bf16")) if flag in flags]
-    return f"{field('model name') or 'unknown'} ({', '.join(units) or 'no AVX2'})"
+    return f"{info.get('model name') or 'unknown'} ({', '.join(units) or 'no AVX2'})"
 
 
 def peak_bf16_tflops(device_name: str) -> float | None:

@@ -13,6 +13,22 @@ import torch
 from core.config.loading import ConfigError
 
 
+def cpu_info(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
+    """The first processor's fields of Linux's cpuinfo (``"model name"``, ``"flags"``, ...) as strings;
+    empty where the file is missing or unreadable."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in lines:
+        if not line.strip():
+            break  # the end of the first processor's block
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
 def select_device(name: str) -> torch.device:
     """``auto`` picks the local CUDA device when one is visible, else the CPU."""
     if name == "auto":

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torchvision.ops import nms
 
+from core.engine.runtime import cpu_info
 from core.tasks.task import Task
 
 RUNTIMES = ("onnxruntime", "openvino", "openvino-int8")
@@ -202,12 +203,7 @@ class ExportedNetwork:
 def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether the CPU has AMX tiles for bf16 (the ``amx_bf16`` flag of Linux's ``cpuinfo``; False where the
     file is missing or unreadable)."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return "amx_bf16" in flags
+    return "amx_bf16" in cpu_info(cpuinfo).get("flags", "").split()
 
 
 def export_network(model: nn.Module, task: Task, image_size: int, runtime: str, folder: Path, batch: int = 1,

@@ -23,10 +23,9 @@ def class_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, i
     there are 256 boxes or more, below which the kernel's fixed cost wins), only same-class pairs
     are tested (``PAIRS_PER_CHUNK`` at a time), and the greedy choice is resolved on the overlapping
     pairs in rounds: start with every box kept, then keep a box when no kept box of higher score
-    overlaps it. After
-    round ``r`` a box is right if every chain of overlapping boxes leading to it in decreasing
-    score is shorter than ``r``, so the rounds reach the greedy result and stop when nothing
-    changes (a few rounds for real detections; at most the largest class).
+    overlaps it. After round ``r`` a box is right if every chain of overlapping boxes leading to it
+    in decreasing score is shorter than ``r``, so the rounds reach the greedy result and stop when
+    nothing changes (a few rounds for real detections; at most the largest class).
     """
     n = boxes.shape[0]
     counts = torch.bincount(labels) if n else labels.new_zeros(0)
@@ -58,9 +57,8 @@ def _overlapping_pairs(boxes: torch.Tensor, behind: torch.Tensor, pairs: int,
     """The pairs ``(i, j)``, ``i < j``, of ``boxes`` ``[N, 4]`` (sorted by class, then by falling score) that
     overlap with IoU > ``iou_threshold``, where ``behind[i]`` is the number of boxes of ``i``'s class after
     it (so ``j`` runs over ``i + 1 .. i + behind[i]``; ``pairs`` is their sum): two ``[P]`` index tensors,
-    by ``i`` then ``j``. The
-    pairs are tested ``PAIRS_PER_CHUNK`` at a time, whole boxes at a time, so memory stays bounded when
-    tens of thousands of candidates make hundreds of millions of pairs."""
+    by ``i`` then ``j``. The pairs are tested ``PAIRS_PER_CHUNK`` at a time, whole boxes at a time, so
+    memory stays bounded when tens of thousands of candidates make hundreds of millions of pairs."""
     total = behind.cumsum(0)  # pairs of the boxes up to each box
     firsts, seconds = [], []
     start, done, n = 0, 0, behind.numel()
