@@ -16,6 +16,25 @@ if "DETLAB_CACHE" not in os.environ:
     os.environ["DETLAB_CACHE"] = tempfile.mkdtemp(prefix="detlab-test-cache-")
     atexit.register(shutil.rmtree, os.environ["DETLAB_CACHE"], ignore_errors=True)
 
+# Under pytest-xdist (`pytest -n auto`) the workers share the CPUs: each one's torch and OpenMP pools get
+# CPUs / workers threads (subprocesses inherit OMP_NUM_THREADS), so two workers on 2 CPUs do not
+# oversubscribe them and spin against each other.
+_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    import torch  # noqa: E402
+
+    _threads = max(1, _CPUS // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per CPU this process may run on, at most 8 (each worker holds its own torch
+    and models, a GiB or two). xdist's own count is physical cores: 1 on a 2-vCPU machine whose vCPUs are
+    one core's hyperthreads, which would leave the suite serial."""
+    return min(_CPUS, 8)
+
+
 # Property tests draw the same examples on every run, so a red suite is reproducible and CI does not turn
 # red on a new draw; `pytest --hypothesis-profile=fuzz` draws new ones (and keeps what fails as an @example).
 from hypothesis import settings  # noqa: E402
