@@ -153,6 +153,12 @@ def test_reader_matches_exif_transpose_and_reads_only_the_header_for_the_size(
         got = open_image(path)
         assert got.mode == "RGB" and got.size == expected.size == DISPLAYED
         assert np.array_equal(np.asarray(got), np.asarray(expected)), o
+    for o in range(1, 9):  # TIFF: Pillow 13 turns these itself (size and pixels); turned once either way
+        shown = _displayed()
+        stored = shown.transpose(INVERSE[o]) if INVERSE[o] is not None else shown
+        stored.save(tmp_path / f"o{o}.tif", tiffinfo={0x0112: o})
+        got = open_image(tmp_path / f"o{o}.tif")
+        assert got.size == DISPLAYED and np.array_equal(np.asarray(got), np.asarray(shown)), o
     png = tmp_path / "o6.png"  # PNG eXIf chunk (before IDAT)
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -166,6 +172,7 @@ def test_reader_matches_exif_transpose_and_reads_only_the_header_for_the_size(
     monkeypatch.setattr(Image.Image, "load", no_decoding)
     for o in range(1, 9):
         assert image_size(tmp_path / f"o{o}.jpg") == DISPLAYED, o
+        assert image_size(tmp_path / f"o{o}.tif") == DISPLAYED, o
     assert image_size(png) == DISPLAYED
 
 

@@ -6,7 +6,8 @@ or :func:`image_size` (size from the header only).
   (``open_image``) are both those of the *displayed* picture, and annotations are taken to be in
   that orientation. The orientation is read from the header (EXIF, or XMP ``tiff:Orientation``) by
   the same code in both functions, so they always agree; the transposition is the one
-  ``PIL.ImageOps.exif_transpose`` applies.
+  ``PIL.ImageOps.exif_transpose`` applies. A TIFF's orientation tag is applied by Pillow 13 itself
+  (reported size and decoded pixels); DetLab then does not turn it a second time.
 * **16-bit pictures** (PIL modes ``I;16``, ``I;16B``, ``I;16L``, ``I;16N`` and ``I``, e.g. 16-bit
   grey PNG or TIFF) are scaled to 8 bits (``value >> 8``; ``I`` is clipped to 0..65535 first)
   instead of being clipped to 255 by ``convert("RGB")``. PIL itself reads 16-bit RGB(A) PNGs as
@@ -17,6 +18,8 @@ or :func:`image_size` (size from the header only).
 """
 from __future__ import annotations
 
+import functools
+import io
 import re
 import struct
 import warnings
@@ -102,6 +105,31 @@ def orientation(im: Image.Image) -> int:
     return value if value in _TRANSPOSE else 1
 
 
+@functools.cache
+def _pillow_turns_tiff() -> bool:
+    """Whether this Pillow applies a TIFF's orientation tag itself (Pillow 13 does: the size it reports
+    is the displayed one and ``load`` transposes the pixels); found out once on a 2x1 TIFF in memory."""
+    buf = io.BytesIO()
+    Image.new("L", (2, 1)).save(buf, "TIFF", tiffinfo={ORIENTATION_TAG: 6})
+    buf.seek(0)
+    with Image.open(buf) as probe:
+        return probe.size == (1, 2)
+
+
+def _turn_left_to_us(im: Image.Image) -> int:
+    """The orientation (1..8) DetLab must still apply to an opened image: :func:`orientation`, or 1 for
+    a TIFF whose orientation Pillow applies itself (``_pillow_turns_tiff``)."""
+    if im.format == "TIFF" and _pillow_turns_tiff():
+        return 1
+    return orientation(im)
+
+
+def image_orientation(path: str | Path) -> int:
+    """The EXIF orientation (1..8) of the file at ``path``, from its header; 1 when absent."""
+    with _opened(path) as im:
+        return orientation(im)
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
     """An 8-bit RGB copy of a loaded image; 16-bit values are scaled (``>> 8``), not clipped."""
     if im.mode in SIXTEEN_BIT_MODES or im.mode == "I":
@@ -118,7 +146,7 @@ def open_image(path: str | Path) -> Image.Image:
     values scaled to 8 bits. Raises :class:`ImageReadError` naming the file when it cannot be read
     or declares more than ``MAX_IMAGE_PIXELS`` pixels (before decoding)."""
     with _opened(path) as im:
-        turn = _TRANSPOSE.get(orientation(im))
+        turn = _TRANSPOSE.get(_turn_left_to_us(im))
         im.load()
         rgb = to_rgb(im)
     return rgb.transpose(turn) if turn is not None else rgb
@@ -129,7 +157,7 @@ def image_size(path: str | Path, decode: bool = False) -> tuple[int, int]:
     file's header, without decoding pixels (``decode``: decode them too, which also finds truncated
     files). Raises :class:`ImageReadError` as :func:`open_image` does."""
     with _opened(path) as im:
-        turn = orientation(im)
+        turn = _turn_left_to_us(im)
         if decode:
             im.load()
         w, h = int(im.size[0]), int(im.size[1])
