@@ -283,3 +283,27 @@ def test_a_drawing_is_complete_or_absent(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(OSError, match="No space"):
         save_png(picture, tmp_path / "new.png")
     assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
+
+
+@pytest.mark.parametrize("damage", ["ids from 0", "ids per image", "no area, no iscrowd"])
+def test_a_user_json_scores_perfect_detections_as_perfect(tmp_path: Path, recs, damage: str) -> None:
+    """The user's own COCO json is scored as pycocotools would score a well-formed copy of it:
+    annotation id 0, ids repeated (restarting per image, as merged files have them) and missing
+    ``area`` / ``iscrowd`` fields change nothing."""
+    gt = coco_ground_truth_from_records(recs, CLASS_NAMES, CATEGORY_IDS).dataset
+    data = copy.deepcopy(gt)
+    per_image: dict[int, int] = {}
+    for k, a in enumerate(data["annotations"]):
+        if damage == "ids from 0":
+            a["id"] = k
+        elif damage == "ids per image":
+            a["id"] = per_image[a["image_id"]] = per_image.get(a["image_id"], 0) + 1
+        else:
+            del a["area"], a["iscrowd"]
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(data))
+    result = evaluate(coco_ground_truth_from_file(path), perfect_results(recs), CLASS_NAMES, CATEGORY_IDS)
+    assert result.stats["AP"] == pytest.approx(1.0) and result.stats["AR100"] == pytest.approx(1.0), damage
+    results_path = tmp_path / "results.json"
+    results_path.write_text(json.dumps(perfect_results(recs)))
+    assert evaluate_results_file(path, results_path).stats["AP"] == pytest.approx(1.0)

@@ -189,9 +189,25 @@ def restrict_images(coco: COCO, image_ids: Sequence[int]) -> COCO:
 
 
 def coco_ground_truth_from_file(path: str | os.PathLike) -> COCO:
-    """Load a COCO annotation json (boxes xywh, original pixels) without pycocotools' prints."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(path))
+    """Load a COCO annotation json (boxes xywh, original pixels) for scoring, without pycocotools'
+    prints. The annotations are renumbered 1..N in file order: pycocotools takes id 0 for "unmatched"
+    (a hit on it counts as a false positive) and keeps one annotation per id (ids restarting per image,
+    as in merged files, would drop the others). Where an annotation has no ``area`` it gets its box's
+    ``w * h`` and where it has no ``iscrowd``, 0 (pycocotools needs both; DetLab's reader takes them
+    so)."""
+    with open(path) as f:
+        data = json.load(f)
+    annotations = []
+    for k, a in enumerate(data.get("annotations", [])):
+        a = {**a, "id": k + 1}
+        a.setdefault("iscrowd", 0)
+        if "area" not in a:
+            box = a.get("bbox")
+            a["area"] = float(box[2]) * float(box[3]) if isinstance(box, list) and len(box) == 4 else 0.0
+        annotations.append(a)
+    coco = COCO()
+    coco.dataset = {**data, "annotations": annotations}
+    return _quiet_index(coco)
 
 
 def to_coco_results(
