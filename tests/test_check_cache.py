@@ -69,6 +69,22 @@ def test_a_replaced_image_is_checked_again(data: Path) -> None:
         start(data)
 
 
+def test_a_yolo_image_or_label_added_in_a_subfolder_is_read(tmp_path: Path, monkeypatch) -> None:
+    """YOLO reads the folders' subfolders (as ultralytics does), so the cache must see what lands there."""
+    monkeypatch.setenv("DETLAB_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "images" / "sub").mkdir(parents=True)
+    (tmp_path / "labels" / "sub").mkdir(parents=True)
+    Image.new("RGB", (64, 48)).save(tmp_path / "images" / "a.png")
+    (tmp_path / "data.yaml").write_text("format: yolo\nclasses: [car]\ntrain: {images: images, labels: labels}\n")
+    spec = load_dataset_spec(tmp_path / "data.yaml")
+    count = lambda: [len(r.boxes) for r in load_checked_records(spec, ("train",), skip_bad_records=False)[0]["train"]]
+    assert count() == [0] and count() == [0]
+    Image.new("RGB", (64, 48)).save(tmp_path / "images" / "sub" / "b.png")
+    assert count() == [0, 0]
+    (tmp_path / "labels" / "sub" / "b.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    assert count() == [0, 1]
+
+
 def test_a_garbled_cache_file_is_ignored(data: Path) -> None:
     first, _ = start(data)
     for f in cache_dir().glob("*.npz"):

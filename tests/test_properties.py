@@ -38,6 +38,7 @@ junk = st.one_of(st.none(), st.booleans(), st.text(max_size=5), st.floats(allow_
 def image_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("images")
     Image.new("RGB", (W, H), (90, 90, 90)).save(folder / "img.png")
+    Image.new("RGB", (W, H), (90, 90, 90)).save(folder / "other.png")  # the picture of VOC_OTHER
     return folder
 
 
@@ -421,6 +422,7 @@ VOC_GOOD = (f"<annotation><filename>img.png</filename><size><width>{W}</width><h
             f"<object><name>a</name><bndbox><xmin>2</xmin><ymin>2</ymin><xmax>20</xmax><ymax>20</ymax></bndbox>"
             f"</object>"
             f"</annotation>")
+VOC_OTHER = VOC_GOOD.replace("img.png", "other.png")  # a well-formed xml beside the fuzzed one, of another picture
 
 
 def voc_read(folder: Path, image_dir: Path):
@@ -453,13 +455,13 @@ def test_voc_malformed_xml_both_modes(text: str, cut: int, insert: bytes, prolog
     data = text.encode("utf-8")
     cut = min(cut, len(data))
     (folder / "fuzz.xml").write_bytes(prolog + data[:cut] + insert + data[cut:])
-    (folder / "good.xml").write_text(VOC_GOOD)
+    (folder / "good.xml").write_text(VOC_OTHER)
     both_modes(voc_read(folder, image_dir), "fuzz.xml", 2)
 
 
 def test_voc_xml_that_is_a_folder_both_modes(image_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "fuzz.xml").mkdir()  # globbed as an annotation, unreadable as a file: IsADirectoryError
-    (tmp_path / "good.xml").write_text(VOC_GOOD)
+    (tmp_path / "good.xml").write_text(VOC_OTHER)
     both_modes(voc_read(tmp_path, image_dir), "fuzz.xml", 2)
 
 

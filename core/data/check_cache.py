@@ -31,7 +31,7 @@ from .problems import Problem
 from .records import ImageRecord
 from .spec import DatasetSpec
 
-VERSION = 1  # bump when what a check finds, or this file's layout, changes
+VERSION = 2  # bump when what a check finds, or this file's layout, changes
 _CHUNK = 1 << 20
 
 
@@ -53,14 +53,23 @@ def inputs_key(spec: DatasetSpec, split: str) -> str:
     """SHA-256 (hex) of what a split's records are read from; OSError when an input cannot be read."""
     s = spec.splits[split]
     h = hashlib.sha256()
-    h.update(json.dumps([VERSION, spec.format, spec.class_names, spec.category_ids, str(s.images),
+    h.update(json.dumps([VERSION, spec.format, spec.class_names, spec.category_ids, spec.classes_listed, str(s.images),
                          str(s.annotations), str(s.list)]).encode())
-    files = sorted(p for p in s.annotations.iterdir() if p.is_file()) if s.annotations.is_dir() else [s.annotations]
-    for path in files + ([s.list] if s.list is not None else []):
-        h.update(f"\0{path.name}\0".encode())
+    if s.annotations.is_dir():  # subfolders too: YOLO labels pair images in subfolders
+        files = [(name, s.annotations / name) for name in _listing(s.annotations)]
+    else:
+        files = [(s.annotations.name, s.annotations)]
+    for name, path in files + ([(s.list.name, s.list)] if s.list is not None else []):
+        h.update(f"\0{name}\0".encode())
         _hash_file(h, path)
-    h.update("\0".join(sorted(os.listdir(s.images))).encode())
+    h.update("\0".join(_listing(s.images)).encode())
     return h.hexdigest()
+
+
+def _listing(folder: Path) -> list[str]:
+    """The files below ``folder``, as sorted paths relative to it."""
+    names = [os.path.relpath(os.path.join(top, f), folder) for top, _, files in os.walk(folder) for f in files]
+    return sorted(names)
 
 
 def image_stamps(paths: list[str]) -> str:

@@ -132,9 +132,14 @@ def verify_images(items: list[tuple[ImageRecord, Path, str]], sink: ProblemSink,
                                                 f"replace or remove it", image=rec.file_name)
             continue
         if size != (rec.width, rec.height):
+            turned = (size == (rec.height, rec.width)
+                      and image_io.image_orientation(rec.file_name) in image_io.SWAPS_SIDES)
+            fix = ("its EXIF orientation turns the stored picture upright, but the boxes were drawn on the stored "
+                   "one (the annotation tool ignored the tag): annotate the upright picture, or remove the tag "
+                   "(e.g. exiftool -Orientation= FILE) if the boxes fit the stored picture" if turned else
+                   "fix its width/height")
             sink(SIZE_MISMATCH, file, where, f"image '{rec.file_name}' is {size[0]}x{size[1]} but the annotation "
-                                             f"says {rec.width}x{rec.height}; fix its width/height",
-                 image=rec.file_name)
+                                             f"says {rec.width}x{rec.height}; {fix}", image=rec.file_name)
 
 
 def check_images_exist(records: list[ImageRecord], ann: Path, sources: list[Path] | None = None) -> None:
@@ -170,5 +175,8 @@ def is_finite_number(v: Any) -> bool:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files (by suffix, see ``IMAGE_SUFFIXES``) directly in ``folder``, sorted by name."""
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """Image files (by suffix, see ``IMAGE_SUFFIXES``) in ``folder`` and its subfolders (as ultralytics
+    reads them), sorted by their path below ``folder`` (by name for a flat folder)."""
+    folder = Path(folder)
+    return sorted((p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                  key=lambda p: p.relative_to(folder).parts)

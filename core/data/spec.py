@@ -64,6 +64,7 @@ class DatasetSpec:
     category_ids: list[int]
     splits: dict[str, SplitSpec]
     synthesize: dict[str, Any] | None = None
+    classes_listed: bool = True  # False: the YAML has no 'classes' (coco: they are a json's categories)
 
     @property
     def num_classes(self) -> int:
@@ -160,7 +161,7 @@ def load_dataset_spec(path: str | Path) -> DatasetSpec:
             if not isinstance(synth[k], int) or isinstance(synth[k], bool) or synth[k] < 0:
                 raise DatasetError(f"{path}: synthesize.{k} must be a non-negative integer, got {synth[k]!r}")
 
-    spec = DatasetSpec(path, fmt, root, list(classes or []), [], splits, synth)
+    spec = DatasetSpec(path, fmt, root, list(classes or []), [], splits, synth, classes is not None)
     if form.category_ids is None:
         spec.category_ids = list(range(1, len(spec.class_names) + 1))
     else:

@@ -50,7 +50,8 @@ FORMATS: dict[str, DatasetFormat] = {
     "coco": DatasetFormat(
         "annotations", "annotations/{split}.json", (), None,
         lambda s, spec, problems, decode: coco.read_coco(s.annotations, s.images, spec.class_names,
-                                                         spec.category_ids, problems, decode),
+                                                         spec.category_ids, problems, decode,
+                                                         not spec.classes_listed),
         _coco_category_ids),
     "voc": DatasetFormat(
         "annotations", "Annotations", ("list",), "",

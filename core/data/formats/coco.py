@@ -89,10 +89,12 @@ def _entry_fields(entry: Any, keys: tuple[str, ...], file: Path, where: str, sin
 
 
 def read_coco(ann_file: Path, image_dir: Path, class_names: list[str], category_ids: list[int],
-              problems: list[Problem] | None = None, decode: bool = False) -> list[ImageRecord]:
+              problems: list[Problem] | None = None, decode: bool = False,
+              all_categories: bool = False) -> list[ImageRecord]:
     """Read a COCO detection json. Keeps the json image ids, maps the chosen categories to
-    labels ``0..C-1`` (annotations of other json categories are skipped), skips
-    ``iscrowd=1``, converts ``xywh`` to ``xyxy`` original pixels. ``problems``: see
+    labels ``0..C-1`` (annotations of other json categories are skipped; with ``all_categories``, the
+    classes were not chosen but read from another split's json, and a category of this file outside them
+    is a problem), skips ``iscrowd=1``, converts ``xywh`` to ``xyxy`` original pixels. ``problems``: see
     :func:`read_split` (problems name the json and the image index or annotation id)."""
     sink = ProblemSink(problems)
     ann_file = Path(ann_file)
@@ -105,12 +107,20 @@ def read_coco(ann_file: Path, image_dir: Path, class_names: list[str], category_
         sink(UNREADABLE_ANNOTATIONS, ann_file, "", str(err).split(f"{ann_file}: ", 1)[-1])
         return []
     label_of = {cid: c for c, cid in enumerate(category_ids)}
+    unlisted = [name for cid, name in sorted(cats.items()) if cid not in label_of]
+    if all_categories and unlisted:
+        sink(UNREADABLE_ANNOTATIONS, ann_file, "", f"categories {unlisted} are not among the classes, which the "
+                                                   "dataset YAML leaves to the smallest split's json; list 'classes' "
+                                                   "in the YAML or give every split's json the same 'categories'")
+        return []
     for cid, name in zip(category_ids, class_names):
         if cats.get(cid) != name:
             sink(UNREADABLE_ANNOTATIONS, ann_file, "", f"category id {cid} should be '{name}' (as in the other "
                                                        f"split) but is {cats.get(cid)!r}; splits must share categories")
             return []
     records: dict[int, ImageRecord] = {}
+    id_of: dict[str, int] = {}  # image path -> its image id
+    dropped: set[int] = set()   # ids of entries reported above, whose annotations are not reported again
     where_of: dict[int, str] = {}
     boxes: dict[int, list] = {}
     labels: dict[int, list] = {}
@@ -137,6 +147,13 @@ def read_coco(ann_file: Path, image_dir: Path, class_names: list[str], category_
         if iid in records:  # the first entry's record is spoilt too: which image do its annotations belong to?
             sink(MALFORMED, ann_file, f"images[{i}]", f"duplicate image id {iid}", image=records[iid].file_name)
             continue
+        if path in id_of:  # its boxes split over two records: each teaches that the other's are background
+            sink(MALFORMED, ann_file, f"images[{i}]", f"'file_name' {fname!r} is also image id {id_of[path]}; give "
+                                                      "each picture one image entry with all its annotations",
+                 image=path)
+            dropped.add(iid)
+            continue
+        id_of[path] = iid
         records[iid] = ImageRecord(iid, path, w, h, np.zeros((0, 4)), np.zeros(0))
         where_of[iid] = f"image id {iid}"
         boxes[iid], labels[iid] = [], []
@@ -151,6 +168,8 @@ def read_coco(ann_file: Path, image_dir: Path, class_names: list[str], category_
             continue
         rec = records.get(iid)
         image = rec.file_name if rec is not None else None
+        if rec is None and iid in dropped:
+            continue
         if rec is None:
             sink(MALFORMED, ann_file, where, f"image_id {iid} is not in 'images'; fix the annotation")
             continue
@@ -158,7 +177,11 @@ def read_coco(ann_file: Path, image_dir: Path, class_names: list[str], category_
             sink(UNKNOWN_CLASS, ann_file, where, f"category_id {cid} is not in 'categories' ({sorted(cats)})",
                  image=image)
             continue
-        if a.get("iscrowd", 0) == 1 or cid not in label_of:
+        crowd = a.get("iscrowd", 0)
+        if not (isinstance(crowd, int) and crowd in (0, 1)):  # "1" would train on the crowd pycocotools ignores
+            sink(MALFORMED, ann_file, where, f"'iscrowd' must be 0 or 1, got {crowd!r}; fix it", image=image)
+            continue
+        if crowd == 1 or cid not in label_of:
             continue
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_finite_number(v) for v in bbox)):
             sink(MALFORMED, ann_file, where, f"bbox must be [x, y, width, height], got {bbox!r}", image=image)

@@ -14,6 +14,9 @@ from core.data.problems import (MALFORMED, MAX_IMAGE_SIDE, MISSING_ANNOTATION, U
 from core.data.records import DatasetError, ImageRecord
 
 
+_FLAGS = {"0": False, "1": True, "false": False, "true": True, "": False}  # <difficult> values
+
+
 def _xml_text(node: ET.Element, path: str, where: str) -> str:
     el = node.find(path)
     if el is None or el.text is None or not el.text.strip():
@@ -86,7 +89,8 @@ def read_voc(ann_dir: Path, image_dir: Path, class_names: list[str], list_file: 
             sink(UNREADABLE_ANNOTATIONS, list_file, "", "id list not found; check the split's 'list' field")
             return []
         stems = []
-        for n, line in enumerate(list_file.read_text().splitlines(), 1):
+        listed: dict[str, int] = {}
+        for n, line in enumerate(list_file.read_text(encoding="utf-8-sig").splitlines(), 1):  # a BOM is no id
             if not line.strip():
                 continue
             s = line.split()[0]
@@ -94,10 +98,16 @@ def read_voc(ann_dir: Path, image_dir: Path, class_names: list[str], list_file: 
                 sink(MISSING_ANNOTATION, list_file, f"line {n}", f"id '{s}' has no annotation {ann_dir / (s + '.xml')}",
                      line=n)
                 continue
+            if s in listed:
+                sink(MALFORMED, list_file, f"line {n}", f"id '{s}' is listed again (first on line {listed[s]}); "
+                                                        "remove the repeat", line=n)
+                continue
+            listed[s] = n
             stems.append(s)
     label_of = {n: c for c, n in enumerate(class_names)}
     records: list[ImageRecord] = []
     checks: list[tuple[ImageRecord, Path, str]] = []
+    xml_of: dict[str, Path] = {}
     for stem in stems:
         xml_path = ann_dir / f"{stem}.xml"
         try:
@@ -119,6 +129,11 @@ def read_voc(ann_dir: Path, image_dir: Path, class_names: list[str], list_file: 
         if image is None:
             sink(MALFORMED, xml_path, "", f"<filename> {bad}; fix it")
             continue
+        if image in xml_of:  # its objects split over two records: each teaches that the other's are background
+            sink(MALFORMED, xml_path, "", f"<filename> '{fname}' is also the picture of {xml_of[image]}; give each "
+                                          "picture one xml with all its objects", image=image)
+            continue
+        xml_of[image] = xml_path
         obj_lines: list[int] | None = None
         boxes, labels = [], []
         ignore_boxes, ignore_labels = [], []
@@ -141,8 +156,11 @@ def read_voc(ann_dir: Path, image_dir: Path, class_names: list[str], list_file: 
                 report(UNKNOWN_CLASS, f"class '{name}' is not in classes ({', '.join(class_names)}); "
                                       f"add it to 'classes' in the dataset YAML or fix the xml")
                 continue
-            diff = obj.find("difficult")
-            difficult = diff is not None and bool(diff.text) and diff.text.strip() not in ("0", "")
+            flag = (obj.findtext("difficult") or "0").strip().lower()
+            if flag not in _FLAGS:
+                report(MALFORMED, f"<difficult> is '{flag}'; use 0 or 1")
+                continue
+            difficult = _FLAGS[flag]
             try:
                 x1, y1, x2, y2 = (_xml_number(obj, f"bndbox/{t}", owhere) for t in ("xmin", "ymin", "xmax", "ymax"))
             except DatasetError as err:

@@ -13,9 +13,12 @@ from core.data.records import DatasetError, ImageRecord
 
 
 def _yolo_line(tokens: list[str]) -> tuple[int, float, float, float, float] | str:
-    """Parse ``class cx cy w h``; returns the values or an error message."""
-    if len(tokens) != 5:
-        return f"expected 5 values 'class cx cy w h', got {len(tokens)}"
+    """Parse ``class cx cy w h``, or an ultralytics segmentation line ``class x1 y1 x2 y2 x3 y3 ...``
+    (three or more normalised polygon points), which becomes the box around the polygon as ultralytics
+    trains a detector on it; returns ``(class, cx, cy, w, h)`` or an error message."""
+    if len(tokens) != 5 and (len(tokens) < 7 or len(tokens) % 2 == 0):
+        return (f"expected 5 values 'class cx cy w h' (or a class and 3 or more polygon points x y), "
+                f"got {len(tokens)}")
     try:
         cls_f = float(tokens[0])
         values = [float(t) for t in tokens[1:]]
@@ -23,13 +26,16 @@ def _yolo_line(tokens: list[str]) -> tuple[int, float, float, float, float] | st
         return f"values {tokens} are not numbers"
     if not math.isfinite(cls_f) or cls_f != int(cls_f):
         return f"class index '{tokens[0]}' is not an integer"
+    if len(values) > 4:  # a polygon: its bounding box
+        xs, ys = values[0::2], values[1::2]
+        values = [(min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2, max(xs) - min(xs), max(ys) - min(ys)]
     return (int(cls_f), *values)  # type: ignore[return-value]
 
 
 def read_yolo(label_dir: Path, image_dir: Path, class_names: list[str], problems: list[Problem] | None = None,
               decode: bool = False) -> list[ImageRecord]:
-    """Read a YOLO (darknet txt) split: every image in ``image_dir`` (sorted) and its
-    ``label_dir/<stem>.txt`` (absent: no objects). A line ``class cx cy w h`` (class a 0-based
+    """Read a YOLO (darknet txt) split: every image in ``image_dir`` and its subfolders (sorted) and its
+    ``label_dir/<same subfolders>/<stem>.txt`` (absent: no objects). A line ``class cx cy w h`` (class a 0-based
     index into ``class_names``; centre, width, height normalised by the image size) becomes the
     xyxy box ``((cx - w/2) W, (cy - h/2) H, (cx + w/2) W, (cy + h/2) H)`` in original pixels.
     The image size is read from the file. ``image_id`` is the 1-based position of the image in
@@ -45,15 +51,17 @@ def read_yolo(label_dir: Path, image_dir: Path, class_names: list[str], problems
         sink(UNREADABLE_ANNOTATIONS, label_dir, "", "labels folder not found; check the split's 'labels' field")
         return []
     images = list_images(image_dir)
-    by_stem: dict[str, Path] = {}
+    key_of = {p: p.relative_to(image_dir).with_suffix("").as_posix() for p in images}  # 'sub/x' pairs labels/sub/x.txt
+    by_key: dict[str, Path] = {}
     for p in images:
-        if p.stem in by_stem:
-            sink(MALFORMED, p, "", f"two images share the stem '{p.stem}' ({by_stem[p.stem].name}, {p.name}), so "
-                                   f"{p.stem}.txt is ambiguous; rename one", image=str(p.resolve()))
-        by_stem.setdefault(p.stem, p)
-    for txt in sorted(label_dir.glob("*.txt")):
-        if txt.stem not in by_stem and txt.name != "classes.txt":
-            sink(MISSING_IMAGE, txt, "", f"no image '{txt.stem}.*' in {image_dir}; add the image or remove the "
+        if key_of[p] in by_key:
+            sink(MALFORMED, p, "", f"two images share the stem '{key_of[p]}' ({by_key[key_of[p]].name}, {p.name}), "
+                                   f"so {key_of[p]}.txt is ambiguous; rename one", image=str(p.resolve()))
+        by_key.setdefault(key_of[p], p)
+    for txt in sorted(label_dir.rglob("*.txt")):
+        key = txt.relative_to(label_dir).with_suffix("").as_posix()
+        if key not in by_key and key != "classes":
+            sink(MISSING_IMAGE, txt, "", f"no image '{key}.*' in {image_dir}; add the image or remove the "
                                          f"label file")
     records: list[ImageRecord] = []
     for k, path in enumerate(images):
@@ -64,11 +72,11 @@ def read_yolo(label_dir: Path, image_dir: Path, class_names: list[str], problems
             sink(UNREADABLE_IMAGE, path, "", f"cannot read image ({getattr(e, 'reason', e)}); replace or remove it",
                  image=image)
             continue
-        txt = label_dir / f"{path.stem}.txt"
+        txt = label_dir / f"{key_of[path]}.txt"
         boxes, labels = [], []
         if txt.is_file():
             try:
-                lines = txt.read_text().splitlines()
+                lines = txt.read_text(encoding="utf-8-sig").splitlines()  # a BOM (Windows editors) is no class
             except (OSError, UnicodeDecodeError) as e:
                 sink(UNREADABLE_ANNOTATIONS, txt, "", f"cannot read label file ({e})", image=image)
                 lines = []
