@@ -362,6 +362,12 @@ def test_boxes_clipped_to_image() -> None:
     assert d.boxes.tolist() == [[0.0, 0.0, 64.0, 48.0]]
     back = d.rescale(0.5, (90, 100))
     assert back.boxes.tolist() == [[0.0, 0.0, 100.0, 90.0]]
+    # a portrait picture in a square input: a box found wholly in the padding right of it is no detection
+    padded = Detections(torch.tensor([[10.0, 10.0, 30.0, 40.0], [52.0, 5.0, 60.0, 20.0], [45.0, 0.0, 55.0, 9.0]]),
+                        torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0, 1, 2]))
+    back = padded.rescale(0.5, (128, 100))  # picture: 100 px wide, 50 input px
+    assert back.boxes.tolist() == [[20.0, 20.0, 60.0, 80.0], [90.0, 0.0, 100.0, 18.0]]
+    assert back.scores.tolist() == pytest.approx([0.9, 0.7]) and back.labels.tolist() == [0, 2]
 
 
 def test_task_detect_end_to_end() -> None:

@@ -21,11 +21,15 @@ class Detections:
     labels: torch.Tensor
 
     def rescale(self, scale: float, orig_size: tuple[int, int]) -> "Detections":
-        """Input pixels -> original pixels: divide by ``scale`` and clip to ``orig_size = (h, w)``."""
+        """Input pixels -> original pixels: divide by ``scale`` and clip to ``orig_size = (h, w)``;
+        boxes left empty by the clip (found wholly in the input's padding) are dropped."""
         boxes = self.boxes / scale
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, orig_size[1])
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, orig_size[0])
-        return Detections(boxes, self.scores, self.labels)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        if bool(keep.all()):
+            return Detections(boxes, self.scores, self.labels)
+        return Detections(boxes[keep], self.scores[keep], self.labels[keep])
 
 
 def detections_to_cpu(detections: Sequence[Detections]) -> list[Detections]:
