@@ -68,7 +68,11 @@ def inputs_key(spec: DatasetSpec, split: str) -> str:
 
 def _listing(folder: Path) -> list[str]:
     """The files below ``folder``, as sorted paths relative to it."""
-    names = [os.path.relpath(os.path.join(top, f), folder) for top, _, files in os.walk(folder) for f in files]
+    names: list[str] = []
+    for top, _, files in os.walk(folder):
+        below = os.path.relpath(top, folder)
+        prefix = "" if below == "." else below + os.sep
+        names += [prefix + f for f in files]
     return sorted(names)
 
 
