@@ -51,23 +51,33 @@ def test_coco_splits_with_different_categories_and_no_classes_are_a_problem(tmp_
     assert rec.labels.tolist() == [0, 1]
 
 
-def test_a_picture_named_by_two_entries_is_a_problem(tmp_path: Path) -> None:
+def test_a_picture_named_by_two_entries_with_other_objects_is_a_problem(tmp_path: Path) -> None:
+    """Its objects would be split over two records, each teaching that the other's are background. A
+    repeat with the same objects (listed twice to sample it more often) is no problem."""
     _image(tmp_path / "img" / "a.png")
     _image(tmp_path / "img" / "b.png")
     box = {"category_id": 1, "bbox": [10, 10, 20, 20]}
-    _coco_json(tmp_path / "ann.json", [(1, "a.png"), (2, "b.png"), (3, "a.png")],
-               [{**box, "image_id": i} for i in (1, 2, 3)])
+    other = {"category_id": 2, "bbox": [50, 10, 20, 20]}
+    _coco_json(tmp_path / "ann.json", [(1, "a.png"), (2, "b.png"), (3, "a.png"), (4, "b.png")],
+               [{**box, "image_id": i} for i in (1, 2, 3, 4)] + [{**other, "image_id": 1}, {**other, "image_id": 1}])
     (tmp_path / "coco.yaml").write_text("format: coco\ntrain: {images: img, annotations: ann.json}\n")
     (problem,) = _problems(tmp_path / "coco.yaml")
-    assert "ann.json: images[2]" in problem and "also image id 1" in problem
+    assert "ann.json: image id 3" in problem and "also image id 1, with other annotations" in problem
+    data = json.loads((tmp_path / "ann.json").read_text())
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != 3]
+    data["annotations"] += [{**a, "id": 100 + k, "image_id": 3} for k, a in enumerate(data["annotations"])
+                            if a["image_id"] == 1][::-1]  # the same objects, in another order
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    assert _problems(tmp_path / "coco.yaml") == []
     # VOC: two xml files naming one picture, and an id listed twice
     voc = tmp_path / "voc"
     xml = ("<annotation><filename>{f}</filename><size><width>100</width><height>80</height></size><object>"
            "<name>car</name><bndbox><xmin>5</xmin><ymin>5</ymin><xmax>30</xmax><ymax>30</ymax></bndbox>"
            "</object></annotation>")
     (voc / "Annotations").mkdir(parents=True)
-    for stem, f in (("1", "a.png"), ("2", "b.png"), ("3", "a.png")):
+    for stem, f in (("1", "a.png"), ("2", "b.png"), ("3", "a.png"), ("4", "b.png")):
         (voc / "Annotations" / f"{stem}.xml").write_text(xml.format(f=f))
+    (voc / "Annotations" / "3.xml").write_text(xml.format(f="a.png").replace("<xmax>30", "<xmax>40"))
     (voc / "train.txt").write_text("1\n2\n1\n")
     (voc / "data.yaml").write_text(f"format: voc\nclasses: [car]\ntrain: {{images: {tmp_path / 'img'}, "
                                    "annotations: Annotations, list: train.txt}\n"
@@ -75,7 +85,7 @@ def test_a_picture_named_by_two_entries_is_a_problem(tmp_path: Path) -> None:
     found = _problems(voc / "data.yaml")
     assert len(found) == 2, found
     assert "train.txt: line 3" in found[0] and "listed again (first on line 1)" in found[0]
-    assert "3.xml" in found[1] and "also the picture of" in found[1] and "1.xml" in found[1]
+    assert "3.xml" in found[1] and "also the picture of" in found[1] and "1.xml, with other objects" in found[1]
 
 
 def test_iscrowd_and_difficult_take_only_their_documented_values(tmp_path: Path) -> None:

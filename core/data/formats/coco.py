@@ -88,6 +88,25 @@ def _entry_fields(entry: Any, keys: tuple[str, ...], file: Path, where: str, sin
         return None
 
 
+def _check_repeated_pictures(records: dict[int, ImageRecord], boxes: dict[int, list], labels: dict[int, list],
+                             ann_file: Path, where_of: dict[int, str], sink: ProblemSink) -> None:
+    """A picture listed by several image entries must have the same annotations in each (a repeat, to
+    sample it more often); otherwise its objects are split over records, each teaching that the other's
+    are background, which is a problem."""
+    ids_of: dict[str, list[int]] = {}
+    for iid, rec in records.items():
+        ids_of.setdefault(rec.file_name, []).append(iid)
+    for path, ids in ids_of.items():
+        if len(ids) < 2:
+            continue
+        objects = [sorted((int(c), *map(float, b)) for c, b in zip(labels[i], boxes[i])) for i in ids]
+        for iid, found in zip(ids[1:], objects[1:]):
+            if found != objects[0]:
+                sink(MALFORMED, ann_file, where_of[iid], f"its picture is also image id {ids[0]}, with other "
+                                                         "annotations; give each picture one image entry with all "
+                                                         "its annotations", image=path)
+
+
 def read_coco(ann_file: Path, image_dir: Path, class_names: list[str], category_ids: list[int],
               problems: list[Problem] | None = None, decode: bool = False,
               all_categories: bool = False) -> list[ImageRecord]:
@@ -119,8 +138,6 @@ def read_coco(ann_file: Path, image_dir: Path, class_names: list[str], category_
                                                        f"split) but is {cats.get(cid)!r}; splits must share categories")
             return []
     records: dict[int, ImageRecord] = {}
-    id_of: dict[str, int] = {}  # image path -> its image id
-    dropped: set[int] = set()   # ids of entries reported above, whose annotations are not reported again
     where_of: dict[int, str] = {}
     boxes: dict[int, list] = {}
     labels: dict[int, list] = {}
@@ -147,13 +164,6 @@ def read_coco(ann_file: Path, image_dir: Path, class_names: list[str], category_
         if iid in records:  # the first entry's record is spoilt too: which image do its annotations belong to?
             sink(MALFORMED, ann_file, f"images[{i}]", f"duplicate image id {iid}", image=records[iid].file_name)
             continue
-        if path in id_of:  # its boxes split over two records: each teaches that the other's are background
-            sink(MALFORMED, ann_file, f"images[{i}]", f"'file_name' {fname!r} is also image id {id_of[path]}; give "
-                                                      "each picture one image entry with all its annotations",
-                 image=path)
-            dropped.add(iid)
-            continue
-        id_of[path] = iid
         records[iid] = ImageRecord(iid, path, w, h, np.zeros((0, 4)), np.zeros(0))
         where_of[iid] = f"image id {iid}"
         boxes[iid], labels[iid] = [], []
@@ -168,8 +178,6 @@ def read_coco(ann_file: Path, image_dir: Path, class_names: list[str], category_
             continue
         rec = records.get(iid)
         image = rec.file_name if rec is not None else None
-        if rec is None and iid in dropped:
-            continue
         if rec is None:
             sink(MALFORMED, ann_file, where, f"image_id {iid} is not in 'images'; fix the annotation")
             continue
@@ -194,6 +202,7 @@ def read_coco(ann_file: Path, image_dir: Path, class_names: list[str], category_
             continue
         boxes[iid].append(clip_box(box, rec.width, rec.height))
         labels[iid].append(label_of[cid])
+    _check_repeated_pictures(records, boxes, labels, ann_file, where_of, sink)
     for iid, rec in records.items():
         rec.boxes, rec.labels = to_arrays(boxes[iid], labels[iid])
     if problems is None:

@@ -107,7 +107,7 @@ def read_voc(ann_dir: Path, image_dir: Path, class_names: list[str], list_file: 
     label_of = {n: c for c, n in enumerate(class_names)}
     records: list[ImageRecord] = []
     checks: list[tuple[ImageRecord, Path, str]] = []
-    xml_of: dict[str, Path] = {}
+    xml_of: dict[str, tuple[Path, list]] = {}  # picture -> the first xml naming it, its objects
     for stem in stems:
         xml_path = ann_dir / f"{stem}.xml"
         try:
@@ -129,11 +129,6 @@ def read_voc(ann_dir: Path, image_dir: Path, class_names: list[str], list_file: 
         if image is None:
             sink(MALFORMED, xml_path, "", f"<filename> {bad}; fix it")
             continue
-        if image in xml_of:  # its objects split over two records: each teaches that the other's are background
-            sink(MALFORMED, xml_path, "", f"<filename> '{fname}' is also the picture of {xml_of[image]}; give each "
-                                          "picture one xml with all its objects", image=image)
-            continue
-        xml_of[image] = xml_path
         obj_lines: list[int] | None = None
         boxes, labels = [], []
         ignore_boxes, ignore_labels = [], []
@@ -173,6 +168,12 @@ def read_voc(ann_dir: Path, image_dir: Path, class_names: list[str], list_file: 
                 continue
             (ignore_boxes if difficult else boxes).append(clip_box(box, w, h))
             (ignore_labels if difficult else labels).append(label_of[name])
+        objects = sorted((int(c), *map(float, b)) for c, b in zip(labels + ignore_labels, boxes + ignore_boxes))
+        if image in xml_of and xml_of[image][1] != objects:  # a repeat with the same objects is oversampling
+            sink(MALFORMED, xml_path, "", f"<filename> '{fname}' is also the picture of {xml_of[image][0]}, with "
+                                          "other objects; give each picture one xml with all its objects", image=image)
+            continue
+        xml_of.setdefault(image, (xml_path, objects))
         rec = ImageRecord(ids[stem], image, w, h, *to_arrays(boxes, labels),
                           *to_arrays(ignore_boxes, ignore_labels))
         records.append(rec)
