@@ -113,7 +113,7 @@ def main() -> int:
     from core.data.spec import load_dataset_spec, read_split
     from core.engine.inference import coco_results, predict_batches
     from core.engine.runtime import run_dir, select_device
-    from core.engine.tester import load_run_weights, write_json
+    from core.engine.tester import load_run_weights, read_results, write_json
     from core.evaluation.coco_eval import coco_ground_truth, evaluate, format_per_class_table, save_pr_curves
 
     spec = load_dataset_spec(cfg.dataset.data)
@@ -123,7 +123,7 @@ def main() -> int:
     out = run_dir(cfg)
     evaluated = None  # image ids scored: all of the records, or those the loader read (skip_bad_images)
     if args.results:
-        results = json.loads(Path(args.results).read_text())
+        results = read_results(Path(args.results), records, args.split)
         class_names, category_ids = spec.class_names, spec.category_ids
     else:
         import torch

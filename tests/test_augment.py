@@ -216,6 +216,15 @@ def test_show_writes_a_grid(tmp_path: Path) -> None:
     grid = Image.open(out)
     assert grid.size == (4 * 256 + 3 * 4, 256)  # 4 samples of the demo's 256 px input in one row
 
+    # an existing grid is replaced only with --overwrite; a picture of the split never
+    again = ["show", str(tmp_path / "data.yaml"), "--config", str(ROOT / "config/demo.py"), "--count", "2"]
+    before = out.read_bytes()
+    assert main(again + ["--out", str(out)]) == 2 and out.read_bytes() == before
+    assert main(again + ["--out", str(out), "--overwrite"]) == 0 and out.read_bytes() != before
+    picture = Path(recs[0].file_name)
+    kept = picture.read_bytes()
+    assert main(again + ["--out", str(picture), "--overwrite"]) == 2 and picture.read_bytes() == kept
+
 
 def _noise(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))

@@ -104,6 +104,16 @@ def test_finished_runs_table_equals_their_logs(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines() == md  # printed too
     check_png(out / "compare.png")
 
+    # a second comparison into the same folder is refused (its table may hold measured times that --runs cannot
+    # measure again); --overwrite replaces it
+    written = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert compare.main(["--runs", *map(str, runs[:1]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "compare.md: exists" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == written
+    assert compare.main(["--runs", *map(str, runs[:1]), "--out", str(out), "--overwrite"]) == 0
+    assert list(read_csv(out)) == ["small"]
+
 
 def test_trains_each_config_in_its_own_process_and_one_crash_does_not_end_it(tmp_path):
     """The training path, for real: a config that cannot load fails (exit 2) and the next one still

@@ -261,6 +261,23 @@ def test_plot_log_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "run" / "curves.png").is_file()
 
+    def plot(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "utils.plot_log", str(tmp_path / "run"), *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+
+    # the run's own curves.png is redrawn from its log; any other PNG that exists only with --overwrite,
+    # and the log itself never
+    assert plot().returncode == 0
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"my picture")
+    refused = plot("--out", str(mine))
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "--overwrite" in refused.stderr and mine.read_bytes() == b"my picture"
+    assert plot("--out", str(mine), "--overwrite").returncode == 0 and mine.read_bytes()[:4] == b"\x89PNG"
+    log = tmp_path / "run" / "log.jsonl"
+    text = log.read_text()
+    assert plot("--out", str(log), "--overwrite").returncode == 2 and log.read_text() == text
+
 
 def test_a_drawing_is_complete_or_absent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``save_png``: the PNG reads back pixel for pixel; a save that fails half-way (a full disk, a stop)

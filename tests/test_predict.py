@@ -186,6 +186,27 @@ def test_predict_cli_writes_json_and_pngs(trained: dict, tmp_path: Path) -> None
                          timeout=300)
     assert bad.returncode == 2 and "nothing.jpg" in bad.stderr
 
+    # the json scores on the split it came from: its rows are matched to the split's pictures by file name
+    # (utils.predict numbers the pictures it was given 1, 2, ...; the split's own ids are others)
+    from core.data.spec import load_dataset_spec, read_split
+    from core.engine.tester import read_results
+
+    records = read_split(load_dataset_spec(trained["data"]), "val")
+    id_of = {r.file_name: r.image_id for r in records}
+    scored = read_results(out, records, "val")
+    assert len(scored) == len(rows) and all(r["image_id"] == id_of[r["file_name"]] for r in scored)
+    assert {r["image_id"] for r in rows} != {r["image_id"] for r in scored}  # the numbering did differ
+
+    # a drawing never lands on a picture it was given, --overwrite or not
+    picture = tmp_path / "mine" / "shot.png"
+    picture.parent.mkdir()
+    Image.open(val[0]).save(picture)
+    before = picture.read_bytes()
+    over = subprocess.run(cmd[:9] + [str(picture), "--out", str(tmp_path / "p2.json"), "--vis", str(picture.parent),
+                                     "--overwrite"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert over.returncode == 2 and "is an input" in over.stderr and len(over.stderr.strip().splitlines()) == 1
+    assert picture.read_bytes() == before and not (tmp_path / "p2.json").exists()
+
 
 def test_detection_test_prints_tta_and_ensemble_next_to_single(trained: dict) -> None:
     cmd = [sys.executable, "detection_test.py", "--config", "config/demo.py",

@@ -112,6 +112,20 @@ def test_a_fresh_run_never_writes_over_a_run_folder(tiny_data: Path, tmp_path: P
         del restarted
 
 
+def test_a_run_continues_and_restarts_from_its_own_config_copy(tiny_data: Path, tmp_path: Path) -> None:
+    """``--config runs/NAME/config.py`` (the copy a run saves) with ``--resume`` or ``--overwrite``: the copy is
+    the input, so it is neither copied onto itself nor removed with the run's files."""
+    run = tmp_path / "own"
+    Trainer(config(tiny_data, tmp_path, "own")).fit()
+    saved = run / "config.py"
+    text = saved.read_bytes()
+    Trainer(load_config(saved, overrides(tiny_data, tmp_path, "own", 2)), resume=True).fit()
+    assert [e for e, _ in list_checkpoints(run)] == [1, 2] and saved.read_bytes() == text
+    Trainer(load_config(saved, overrides(tiny_data, tmp_path, "own")), overwrite=True).fit()
+    assert [e for e, _ in list_checkpoints(run)] == [1] and saved.read_bytes() == text
+    assert not list(run.glob(".*tmp*"))  # no temporary file left behind
+
+
 # ----------------------------------------------------------------------------- 2. a folder per config
 
 

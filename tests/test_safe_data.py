@@ -258,3 +258,83 @@ def test_check_warns_about_paths_that_leave_the_dataset_root(tmp_path: Path, cap
     code, out, _ = _cli(["check", str(voc_yaml)], capsys)
     lines = [line for line in out.splitlines() if "leaves the dataset root" in line]
     assert code == 0 and len(lines) == 1 and "b.xml" in lines[0] and "../../outside.png" in lines[0], out
+
+
+# ----------------------------------------------------------------------------- every output: whole or not at all
+
+
+def test_an_output_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    """``atomic_output``: the new bytes replace the file at the end of the block; a block that fails (a full
+    disk, a stop) leaves the earlier file as it was and no temporary file beside it. OpenVINO's IR pair
+    (``save_ir``) is written through it, .bin and .xml each whole."""
+    from core.engine.output_paths import atomic_output
+
+    target = tmp_path / "out" / "table.csv"
+    with atomic_output(target) as tmp:
+        assert tmp.parent == target.parent and tmp.suffix == ".csv" and not target.exists()
+        tmp.write_text("first")
+    assert target.read_text() == "first"
+    with pytest.raises(OSError, match="No space"):
+        with atomic_output(target) as tmp:
+            tmp.write_text("half of the sec")
+            raise OSError(28, "No space left on device")
+    assert target.read_text() == "first" and sorted(p.name for p in target.parent.iterdir()) == ["table.csv"]
+
+    ov = pytest.importorskip("openvino")
+    from core.inference.exported import save_ir
+
+    def model(scale: float):
+        x = ov.opset13.parameter([1, 4], np.float32, name="x")
+        return ov.Model([ov.opset13.multiply(x, np.full((1, 4), scale, np.float32))], [x])
+
+    xml = tmp_path / "ir" / "m.xml"
+    save_ir(model(2.0), xml)
+    run = lambda: ov.Core().compile_model(str(xml), "CPU")(np.ones((1, 4), np.float32))[0]  # noqa: E731
+    assert run().tolist() == [[2.0] * 4]
+    real_save = ov.save_model
+
+    def dies_half_way(m, path, *args, **kwargs):
+        real_save(m, path, *args, **kwargs)
+        Path(path).with_suffix(".bin").write_bytes(b"trunc")
+        raise OSError(28, "No space left on device")
+
+    ov.save_model = dies_half_way
+    try:
+        with pytest.raises(OSError):
+            save_ir(model(3.0), xml)
+    finally:
+        ov.save_model = real_save
+    assert run().tolist() == [[2.0] * 4] and sorted(p.name for p in xml.parent.iterdir()) == ["m.bin", "m.xml"]
+
+
+def test_a_folder_or_a_picture_given_as_the_dataset_yaml_is_one_line(tmp_path: Path, capsys) -> None:
+    folder = _user_coco(tmp_path / "mine")
+    (folder / "mine.yaml").write_text("format: coco\n")
+    code, _, err = _cli(["check", str(folder)], capsys)
+    assert code == 2 and "is a folder; pass its dataset YAML (mine.yaml there)" in _one_error_line(err)
+    code, _, err = _cli(["check", str(folder / "images" / "train" / "mine.jpg")], capsys)
+    assert code == 2 and "not a text file" in _one_error_line(err)
+
+
+def test_results_that_are_not_of_the_split_say_so(tmp_path: Path) -> None:
+    """``detection_test.py --results``: a file that is not a list of detections, or whose detections are all of
+    other pictures, stops in one line naming it; rows of other pictures among the split's are left out."""
+    from core.engine.tester import read_results
+
+    records = read_split(load_dataset_spec(synthetic_shapes_yaml(tmp_path, 4, 3, 64, seed=1)), "val")
+    ids = [r.image_id for r in records]
+    row = {"category_id": 1, "bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.5}
+    cases = {"gt.json": ({"images": [], "annotations": [], "categories": []}, "is a COCO annotation file"),
+             "lines.json": ('{"a": 1}\n{"b": 2}\n', "not a json file"),
+             "rows.json": ([{"image_id": ids[0], "score": 0.5}], "row 0 is not a detection"),
+             "other.json": ([{**row, "image_id": max(ids) + 100}], "none of its 1 detections is of a picture of "
+                                                                   "split 'val'")}
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+        with pytest.raises(DatasetError, match=message):
+            read_results(path, records, "val")
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps([{**row, "image_id": ids[0]}, {**row, "image_id": max(ids) + 100},
+                                 {**row, "image_id": 12345, "file_name": records[1].file_name}]))
+    assert [r["image_id"] for r in read_results(mixed, records, "val")] == [ids[0], ids[1]]

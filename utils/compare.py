@@ -3,7 +3,7 @@ and write one table (markdown + CSV) and one PNG.
 
     python -m utils.compare config/yolov4_effb0.py config/yolov4_r18.py --data D.yaml [--set S.f=v ...]
                             [--epochs N | --budget-minutes M] [--out DIR] [--overwrite]
-    python -m utils.compare --runs runs/a runs/b [--out DIR]
+    python -m utils.compare --runs runs/a runs/b [--out DIR] [--overwrite]
 
 Each config is trained by its own ``detection_train.py`` subprocess (a crash ends that run, not the
 comparison) with the same ``--data`` and ``--set`` overrides, into ``General.work_dir/compare_<config stem>``
@@ -11,7 +11,8 @@ comparison) with the same ``--data`` and ``--set`` overrides, into ``General.wor
 ``--budget-minutes M`` stops each run with SIGTERM after M minutes of wall-clock time (the trainer saves
 ``interrupted.pt``). A run folder that already holds a run is refused before anything is trained, unless
 ``--overwrite`` (passed on to ``detection_train.py``, which then starts that run afresh). Training output
-goes to ``DIR/train_<run>.txt``.
+goes to ``DIR/train_<run>.txt``. The files of an earlier comparison in ``DIR`` are refused the same way,
+before anything is trained: they are replaced only with ``--overwrite``.
 
 Per run the table gives: parameters (M) and GFLOPs at the config's input size (``utils.model_summary``,
 the network built on the meta device: no weights, pretrained or not, are loaded), the median of the log's
@@ -41,6 +42,8 @@ from typing import Any, Callable, Sequence
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from core.engine.output_paths import atomic_output  # noqa: E402 (after the path set-up above)
 
 RUN_MARKERS = ("log.jsonl", "epoch_*.pt", "interrupted.pt")  # a folder holding one of these holds a run
 GRACE_S = 300.0  # after the budget's SIGTERM, how long a run may take to save before it is killed
@@ -323,8 +326,9 @@ def write_table(summaries: Sequence[RunSummary], out_dir: Path) -> tuple[Path, P
     md = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     md += ["| " + " | ".join(c.replace("|", "/") for c in _cells(s, True)) + " |" for s in summaries]
     md_path, csv_path = out_dir / "compare.md", out_dir / "compare.csv"
-    md_path.write_text("\n".join(md) + "\n")
-    with open(csv_path, "w", newline="") as f:
+    with atomic_output(md_path) as tmp:
+        tmp.write_text("\n".join(md) + "\n")
+    with atomic_output(csv_path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
         writer.writerows(_cells(s, False) for s in summaries)
@@ -383,8 +387,8 @@ def plot_comparison(summaries: Sequence[RunSummary], out_png: Path, x: str = "ti
     for ax in (ax_curve, ax_cost):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
+    with atomic_output(out_png) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return out_png
 
@@ -403,7 +407,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     budget.add_argument("--budget-minutes", type=float, help="stop each run (SIGTERM) after this many minutes")
     ap.add_argument("--out", default="runs/compare", help="folder for compare.md / .csv / .png (default runs/compare)")
     ap.add_argument("--overwrite", action="store_true",
-                    help="start afresh in run folders that already hold a run (passed to detection_train.py)")
+                    help="replace an earlier comparison's files in --out, and start afresh in run folders that "
+                         "already hold a run (passed to detection_train.py)")
     ap.add_argument("--x", choices=("time", "step"), default="time", help="x axis of the AP curves")
     args = ap.parse_args(argv)
     if not args.configs and not args.runs:
@@ -440,6 +445,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"error: {', '.join(map(str, taken))} already hold{'s' if len(taken) == 1 else ''} a run; nothing "
             "trained. Pass --overwrite to train them afresh, --set General.name=NAME to train into NAME_<config> "
             f"folders, or read them as they are with --runs {' '.join(map(str, taken))}")
+        return 2
+    written = [out_dir / name for name in ("compare.md", "compare.csv", "compare.png")]
+    written += [out_dir / f"train_{run_name(config, args.set)}.txt" for config in args.configs]
+    existing = [p for p in written if p.exists()]
+    if existing and not args.overwrite:  # an earlier comparison's table holds times that --runs cannot measure again
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        say(f"error: {existing[0]}: exists{more}, from an earlier comparison; pass --overwrite to replace it, or "
+            "choose another --out")
         return 2
 
     summaries: list[RunSummary] = []

@@ -19,6 +19,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from core.config.loading import load_config
+from core.engine.output_paths import atomic_output
 from symbol.builder import build_detector
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {args.write} has no {BEGIN} ... {END} markers", file=sys.stderr)
         return 2
     doc = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{text}\n{END}", doc, flags=re.S)
-    args.write.write_text(doc)
+    with atomic_output(args.write) as tmp:
+        tmp.write_text(doc)
     return 0
 
 

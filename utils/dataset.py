@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="experiment module (its dataset / augment sections apply)")
     p.add_argument("--set", action="append", default=[], metavar="Section.field=value", help="config override")
     p.add_argument("--out", default="augmented_grid.png", help="output PNG (default augmented_grid.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--split", default="train", help="split to draw from (default train)")
     p.add_argument("--count", type=int, default=16, help="number of samples (default 16)")
     p.add_argument("--cols", type=int, default=4, help="grid columns (default 4)")
@@ -95,8 +96,10 @@ def _check_outputs(outputs: list[Path], src: Path, overwrite: bool, hint: str) -
 
 
 def _write_json(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))
+    from core.engine.output_paths import atomic_output
+
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data))
 
 
 def cmd_subset(args: argparse.Namespace) -> int:
@@ -159,7 +162,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     from core.config.loading import load_config
     from core.data.loader import build_loader
+    from core.data.records import DatasetError
     from core.data.sampler import sample_seed
+    from core.engine.output_paths import refuse_inputs
     from core.engine.recipe import resolve_recipe
     from core.data.spec import load_dataset_spec, read_split
     from core.inference.visualize import draw_detections, save_grid
@@ -167,6 +172,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, list(args.set) + [f"dataset.data={args.data}"])
     spec = load_dataset_spec(args.data)
     records = read_split(spec, args.split)
+    # never over the YAML or one of the split's pictures (--overwrite or not); an existing grid only with it
+    _check_outputs([Path(args.out)], Path(args.data), args.overwrite, "choose another --out")
+    refuse_inputs([Path(args.out)], [r.file_name for r in records], "choose another --out", DatasetError)
     if not records:
         print(f"error: split '{args.split}' of {spec.path} has no images", file=sys.stderr)
         return 2

@@ -1,15 +1,17 @@
 """Plot training curves of one or more runs.
 
-    python -m utils.plot_log RUN_DIR [RUN_DIR ...] [--out FILE.png] [--text]
+    python -m utils.plot_log RUN_DIR [RUN_DIR ...] [--out FILE.png] [--text] [--overwrite]
 
 Writes a three-panel PNG (loss, lr, AP/AP50) to --out, by default RUN_DIR/curves.png for
-one run and ./runs_compare.png for several. --text prints darknet-style loss bars for each run
-instead (a PNG is then written only when --out is given).
+one run (the file the run itself draws, redrawn from its log) and ./runs_compare.png for several.
+Any other PNG that exists is replaced only with --overwrite. --text prints darknet-style loss bars
+for each run instead (a PNG is then written only when --out is given).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +27,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="print text loss bars per run; write a PNG only if --out is given")
     ap.add_argument("--rows", type=int, default=20, help="table rows for --text")
     ap.add_argument("--width", type=int, default=80, help="line width for --text")
+    ap.add_argument("--overwrite", action="store_true", help="replace --out (or ./runs_compare.png) if it exists")
     return ap.parse_args(argv)
 
 
@@ -51,12 +54,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.out is None:
             return 0
 
-    if args.out is not None:
-        out = Path(args.out)
-    elif len(args.run_dirs) == 1:
-        out = Path(args.run_dirs[0]) / "curves.png"
-    else:
-        out = Path("runs_compare.png")
+    from core.engine.output_paths import OutputPathError, refuse_existing, refuse_inputs
+
+    own = Path(args.run_dirs[0]) / "curves.png" if len(args.run_dirs) == 1 else None  # the run's own drawing
+    out = Path(args.out) if args.out is not None else own or Path("runs_compare.png")
+    try:
+        refuse_inputs([out], [Path(d) / "log.jsonl" for d in args.run_dirs], "choose another --out")
+        if own is None or os.path.realpath(out) != os.path.realpath(own):
+            refuse_existing([out], args.overwrite, "choose another --out")
+    except OutputPathError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(plot_runs(args.run_dirs, out))
     return 0
 

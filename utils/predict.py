@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from core.engine.output_paths import refuse_existing
+from core.engine.output_paths import refuse_existing, refuse_inputs
 
 GLOB_CHARS = set("*?[")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -207,8 +207,10 @@ def run(args: argparse.Namespace) -> int:
     video_dir = Path(args.video_dir) if args.video_dir else Path(args.out).parent
     video_outputs = [(video_dir / f"{name}.jsonl", video_dir / f"{name}_detections.mp4")
                      for name in vis_names(videos, "")]
-    refuse_existing(planned_outputs(args, paths, videos, video_outputs), args.overwrite,
-                    "choose another --out / --vis / --video-dir")
+    planned = planned_outputs(args, paths, videos, video_outputs)
+    # a picture or video is never written over, --overwrite or not (a --vis drawing named as a PNG input)
+    refuse_inputs(planned, inputs, "choose another --out / --vis / --video-dir")
+    refuse_existing(planned, args.overwrite, "choose another --out / --vis / --video-dir")
     from core.inference.ensemble import TTAPlan
     from core.inference.predictor import Predictor
 

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
-from core.engine.output_paths import real, refuse_existing, refuse_inputs
+from core.engine.output_paths import atomic_output, real, refuse_existing, refuse_inputs
 
 from .records import DatasetError, ImageRecord
 from .formats import FORMATS
@@ -56,8 +56,8 @@ def write_coco(records: Sequence[ImageRecord], file_names: Sequence[str], class_
                                 "bbox": [round(v, COORD_DECIMALS) for v in (x1, y1, w, h)],
                                 "area": round(w * h, COORD_DECIMALS), "iscrowd": 0})
     categories = [{"id": int(i), "name": n, "supercategory": ""} for n, i in zip(class_names, category_ids)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
 
 
 def voc_xml(rec: ImageRecord, file_name: str, class_names: Sequence[str]) -> str:
@@ -250,7 +250,8 @@ def convert_dataset(spec: DatasetSpec, to: str, out_dir: Path, images: str = "li
                 old.unlink()  # an earlier run's (checked above: only with overwrite)
             for rec, name in zip(recs, split_names):
                 text = voc_xml(rec, name, spec.class_names) if to == "voc" else yolo_txt(rec)
-                (folder / f"{Path(name).stem}{suffix}").write_text(text)
+                with atomic_output(folder / f"{Path(name).stem}{suffix}") as tmp:
+                    tmp.write_text(text)
             key = "annotations" if to == "voc" else "labels"
             desc[split] = {"images": f"images/{split}", key: f"{key}/{split}"}
         n_images[split] = len(recs)
@@ -258,7 +259,8 @@ def convert_dataset(spec: DatasetSpec, to: str, out_dir: Path, images: str = "li
         not_carried[split] = ignored_annotations(spec, split)
     yaml_path = out_dir / "data.yaml"
     header = f"# Converted from {spec.path} ({spec.format}) by python -m utils.dataset convert --to {to}\n"
-    yaml_path.write_text(header + yaml.safe_dump(desc, sort_keys=False, default_flow_style=None))
+    with atomic_output(yaml_path) as tmp:  # last: a convert cut short leaves no data.yaml to train on
+        tmp.write_text(header + yaml.safe_dump(desc, sort_keys=False, default_flow_style=None))
     return ConversionResult(yaml_path, n_images, n_boxes, not_carried)
 
 

@@ -119,6 +119,12 @@ def load_dataset_spec(path: str | Path) -> DatasetSpec:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise DatasetError(f"{path}: dataset YAML not found; check the path") from None
+    except IsADirectoryError:
+        yamls = sorted(p.name for p in path.glob("*.y*ml"))
+        found = f" ({', '.join(yamls[:3])} there)" if yamls else ""
+        raise DatasetError(f"{path}: is a folder; pass its dataset YAML{found}") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not a text file; pass the dataset YAML") from None
     except yaml.YAMLError as e:
         raise DatasetError(f"{path}: not valid YAML ({e}); fix the syntax") from None
     if not isinstance(raw, dict):

@@ -1,15 +1,17 @@
 """Guards for the tools that write files (``utils.dataset convert / subset / split``,
 ``utils.param_surgery``, ``utils.export``, ``utils.predict``): an output never lands on an input, and an
-existing output is replaced only when the user passed ``--overwrite``.
+existing output is replaced only when the user passed ``--overwrite``. :func:`atomic_output` is how
+every output is written: complete under its name, or not at all.
 
 An output *is* an input when both paths resolve (symbolic links followed) to the same place, or
 name the same file (hard links); an output folder clobbers an input that lies inside it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 
 class OutputPathError(ValueError):
@@ -64,3 +66,20 @@ def refuse_existing(outputs: Iterable[str | Path], overwrite: bool, hint: str,
     if existing:
         more = f" (and {len(existing) - 1} more output files)" if len(existing) > 1 else ""
         raise error(f"{existing[0]}: exists{more}; pass --overwrite to replace it, or {hint}")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """``with atomic_output(path) as tmp:`` write the file ``tmp`` (a hidden name beside ``path``, with
+    ``path``'s suffix, for writers that pick the format by it); when the block ends without an error
+    ``tmp`` replaces ``path`` in one rename, and otherwise it is removed and ``path`` is left as it was.
+    An interrupted run, a full disk or a crash never leaves half a file under the final name.
+    ``path``'s folder is created if missing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

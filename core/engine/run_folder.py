@@ -61,11 +61,14 @@ def run_contents(run_dir: Path) -> list[Path]:
     return sorted({p for pattern in RUN_MARKERS for p in run_dir.glob(pattern)})
 
 
-def clear_run(run_dir: Path) -> list[Path]:
-    """Remove what a run wrote into ``run_dir`` (:data:`RUN_FILES`, nothing else); returns what was removed."""
+def clear_run(run_dir: Path, keep: Iterable[str | Path] = ()) -> list[Path]:
+    """Remove what a run wrote into ``run_dir`` (:data:`RUN_FILES`, nothing else) except the files in
+    ``keep`` (this run's own inputs, such as ``--config runs/NAME/config.py``); returns what was removed."""
     import shutil
 
-    removed = sorted({p for pattern in RUN_FILES for p in Path(run_dir).glob(pattern)})
+    kept = {os.path.realpath(p) for p in keep}
+    removed = sorted({p for pattern in RUN_FILES for p in Path(run_dir).glob(pattern)
+                      if os.path.realpath(p) not in kept})
     for path in removed:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)

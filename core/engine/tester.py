@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -13,6 +14,7 @@ from core.tasks.anchor_fit import use_trained_anchors
 from core.engine.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, load_latest
 from core.config.loading import Config
 from core.engine.inference import inference_model
+from core.engine.output_paths import atomic_output
 from core.engine.runtime import run_dir
 from core.tasks.task import Task, build_task
 from symbol.builder import build_detector
@@ -82,10 +84,49 @@ def load_trained(cfg: Config, path: Path, device: torch.device, state: dict | No
     return TrainedModel(model, build_task(cfg, model), list(class_names), list(category_ids), Path(path))
 
 
+def read_results(path: Path, records: Sequence[Any], split: str) -> list[dict[str, Any]]:
+    """The COCO result rows of the json at ``path`` (a list of ``{image_id, category_id, bbox, score}``, bbox
+    xywh in original pixels, as ``detection_test.py`` writes them) that belong to ``records``, the pictures of
+    ``split`` (``core.data.records`` records, ``file_name`` absolute). A row with a ``file_name`` (as
+    ``utils.predict`` writes them: it numbers the pictures it was given in its own order) is matched to the
+    split's picture of that file and takes its ``image_id``. Raises ``DatasetError`` (one line naming the file,
+    the row and the fix) for a file that is not such a list, and when no row belongs to the split; rows of
+    other pictures are left out with a warning."""
+    from core.data.records import DatasetError
+
+    try:
+        rows = json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DatasetError(f"{path}: not a json file ({err}); --results takes the json list detection_test.py "
+                           "or utils.predict writes (a .jsonl of a video is not scored)") from None
+    if not isinstance(rows, list):
+        kind = "a COCO annotation file" if isinstance(rows, dict) and "annotations" in rows else type(rows).__name__
+        raise DatasetError(f"{path}: is {kind}, not a list of detections; --results takes the json list "
+                           "detection_test.py or utils.predict writes")
+    for i, row in enumerate(rows):
+        if not (isinstance(row, dict) and {"image_id", "category_id", "bbox", "score"} <= row.keys()
+                and isinstance(row["bbox"], list) and len(row["bbox"]) == 4):
+            raise DatasetError(f"{path}: row {i} is not a detection (needs image_id, category_id, bbox [x, y, w, h] "
+                               f"and score): {str(row)[:120]}")
+    by_file = {os.path.realpath(r.file_name): r.image_id for r in records}
+    ids = set(by_file.values())
+    kept: list[dict[str, Any]] = []
+    for row in rows:
+        image_id = by_file.get(os.path.realpath(row["file_name"])) if "file_name" in row else row["image_id"]
+        if image_id in ids:
+            kept.append({**row, "image_id": image_id})
+    if rows and not kept:
+        lo, hi = (min(ids), max(ids)) if ids else (None, None)
+        raise DatasetError(f"{path}: none of its {len(rows)} detections is of a picture of split '{split}' (image ids "
+                           f"{lo}..{hi}, or the pictures' files); pass the --split they were predicted on, or results "
+                           "of this split's pictures")
+    if len(kept) < len(rows):
+        print(f"warning: {path}: {len(rows) - len(kept)} of {len(rows)} detections are of pictures not in split "
+              f"'{split}'; left out")
+    return kept
+
+
 def write_json(obj: Any, path: Path) -> None:
     """Write ``obj`` as JSON atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj))
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(obj))

@@ -5,6 +5,7 @@ import json
 import contextlib
 import itertools
 import math
+import os
 import shutil
 import sys
 import time
@@ -27,6 +28,7 @@ from core.data.spec import DatasetSpec, load_dataset_spec
 from core.engine import distributed
 from core.engine.recipe import read_saved_config, resolve_recipe
 from core.engine.inference import evaluate_detections, inference_model, predict_batches
+from core.engine.output_paths import atomic_output
 from core.engine.run_folder import RunFolderError, claim_run_folder, clear_run, config_changes, resume_command
 from core.engine.runtime import (autocast, check_precision, needs_grad_scaler, run_dir, seed_everything,
                                  select_device)
@@ -179,7 +181,7 @@ class Trainer:
         if resume:
             self._resume(resumed)
         elif overwrite and self.dist.is_main:
-            removed = clear_run(self.out)
+            removed = clear_run(self.out, keep=[cfg.source])  # a config read from the run folder stays
             if removed:
                 self._print(f"--overwrite: removed {len(removed)} files of the previous run in {self.out}")
 
@@ -355,7 +357,8 @@ class Trainer:
                     kept.append(line)
             except (ValueError, KeyError):
                 continue
-        log.write_text("".join(k + "\n" for k in kept))
+        with atomic_output(log) as tmp:  # a kill here keeps the whole log, never half of it
+            tmp.write_text("".join(k + "\n" for k in kept))
 
     def _save_interrupted(self) -> None:
         if self.dist.is_main:
@@ -398,7 +401,10 @@ class Trainer:
         if self.dist.is_main:
             cfg.save(self.out / "config.json", notes={"recipe": {f"{c.section}.{c.field}": c.reason
                                                                  for c in self.recipe}})
-            shutil.copyfile(cfg.source, self.out / "config.py")
+            copy = self.out / "config.py"
+            if not (copy.exists() and os.path.samefile(cfg.source, copy)):  # --config runs/NAME/config.py: itself
+                with atomic_output(copy) as tmp:
+                    shutil.copyfile(cfg.source, tmp)
             self._tensorboard()  # opened at the start step, so a resumed run replaces the events it redoes
         self._print(f"training {cfg.General.name}: {len(self.train_loader.dataset)} images, "
                     f"{self.spec.num_classes} classes, {self.steps_per_epoch} steps/epoch, device {self.device}, "

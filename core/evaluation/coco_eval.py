@@ -20,6 +20,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from core.engine.output_paths import atomic_output
+
 STAT_NAMES: tuple[str, ...] = (
     "AP", "AP50", "AP75", "APs", "APm", "APl",
     "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
@@ -405,7 +407,8 @@ def save_pr_curves(
         ax.grid(alpha=0.3)
         path = out / f"pr_{c:03d}_{_safe_filename(str(name))}.png"
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=100)
         plt.close(fig)
         written.append(path)
     return written

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from core.engine.output_paths import atomic_output
 from core.ops.iou import box_iou
 
 CONFUSION_IOU = 0.45  # ultralytics' default IoU for the confusion matrix
@@ -130,9 +131,8 @@ def write_confusion_csv(matrix: np.ndarray, class_names: Sequence[str], path: st
     """The counts as CSV: a header of true classes (background last) after the corner cell
     ``predicted \\ true``, then one row per predicted class. Returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     names = _names(class_names)
-    with open(path, "w", newline="") as f:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["predicted \\ true", *names])
         for name, row in zip(names, matrix):
@@ -171,6 +171,7 @@ def save_confusion_png(matrix: np.ndarray, class_names: Sequence[str], path: str
     ax.set_title(f"confusion matrix: rows predicted, columns true\n"
                  f"(match IoU > {iou_thr:g}, score >= {score_thr:g})", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path

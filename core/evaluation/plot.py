@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from core.engine.output_paths import atomic_output
+
 LOG_NAME = "log.jsonl"
 
 
@@ -134,8 +136,8 @@ def plot_runs(
             ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    with atomic_output(out) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return out
 

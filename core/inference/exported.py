@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torchvision.ops import nms
 
+from core.engine.output_paths import atomic_output
 from core.engine.runtime import cpu_info
 from core.tasks.task import Task
 
@@ -102,9 +103,9 @@ def export_onnx(model: nn.Module, task: Task, image_size: int, path: Path, batch
             raise SystemExit(f"error: ONNX export needs the {package} package: pip install -r requirements-deploy.txt") \
                 from None
     example = torch.randn(batch, 3, image_size, image_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(graph.eval(), (example,), str(path), input_names=["images"], output_names=names,
-                      opset_version=18, dynamo=True, external_data=False)
+    with atomic_output(path) as tmp:
+        torch.onnx.export(graph.eval(), (example,), str(tmp), input_names=["images"], output_names=names,
+                          opset_version=18, dynamo=True, external_data=False)
     return names
 
 
@@ -296,8 +297,7 @@ def quantize_openvino(onnx_path: Path, xml_path: Path, calibration: Sequence[np.
     if not any(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops()):
         raise SystemExit(f"error: {onnx_path}: INT8 found no convolution to quantize (all of them are output "
                          "predictors or under the task's float_modules); export it in float (--format openvino)")
-    xml_path.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(quantized, str(xml_path))
+    save_ir(quantized, xml_path)
     return xml_path
 
 
@@ -353,5 +353,14 @@ def save_openvino(onnx_path: Path, xml_path: Path) -> None:
         import openvino as ov
     except ImportError:
         raise SystemExit("error: --format openvino needs openvino: pip install -r requirements-deploy.txt") from None
-    xml_path.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path))
+    save_ir(ov.convert_model(str(onnx_path)), xml_path)
+
+
+def save_ir(model: Any, xml_path: Path) -> None:
+    """An OpenVINO model as IR, ``xml_path`` and the ``.bin`` beside it, each written whole under a temporary
+    name and renamed (the ``.bin`` first, then the ``.xml`` a reader opens): never half a model under its name."""
+    import openvino as ov
+
+    with atomic_output(xml_path) as tmp_xml, atomic_output(xml_path.with_suffix(".bin")) as tmp_bin:
+        assert tmp_bin == tmp_xml.with_suffix(".bin")  # the pair save_model writes
+        ov.save_model(model, str(tmp_xml))

@@ -10,6 +10,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from core.engine.output_paths import atomic_output
+
 
 def class_color(label: int) -> tuple[int, int, int]:
     """A distinct, saturated RGB colour for class ``label`` (golden-ratio hue spacing)."""
@@ -118,10 +120,5 @@ def save_grid(
 def save_png(image: Image.Image, path: str | os.PathLike) -> None:
     """``image`` as a PNG at ``path``, atomically: written beside it under a hidden temporary name and
     renamed when complete, so an interrupted run never leaves half a drawing under the final name."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_output(path) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
