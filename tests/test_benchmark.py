@@ -108,3 +108,19 @@ def test_runtimes_benchmark_times_each_runtime_against_effdet(capsys) -> None:
     assert re.search(r"^detlab/predict-openvino\s.*float parts in f32$", out, re.M), out
     assert re.search(r"^CPU: .+ \(", out, re.M), out
     assert re.search(r"^effdet/predict-eager\s+[\d.]+\s+[\d.]+$", out, re.M), out
+
+
+def test_a_mistyped_config_is_one_line_from_each_tool() -> None:
+    """The tools that read a config (benchmark, model_summary, config_table) stop on a wrong path or field with
+    one line and exit 2, as the trainer does, not with a traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for argv in (["utils.benchmark", "--config", "config/dem.py"],
+                 ["utils.benchmark", "--config", "config/demo.py", "--set", "General.batch_imag=2"],
+                 ["utils.model_summary", "--config", "config/dem.py"]):
+        proc = subprocess.run([sys.executable, "-m", *argv], cwd=root, capture_output=True, text=True, timeout=120)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (argv, proc.stderr[-2000:])

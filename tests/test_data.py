@@ -125,6 +125,20 @@ def _voc(tmp_path: Path, objects: list, extra: dict[str, str] | None = None) -> 
     return ann
 
 
+def test_convert_counts_the_difficult_objects_of_the_split_only(tmp_path: Path) -> None:
+    """VOCdevkit keeps every split's xml in one Annotations/ folder: a conversion counts the difficult objects
+    (not carried over) of the files the split's list names, and never reads the others (a broken one included)."""
+    from core.data.convert import convert_dataset
+
+    _voc(tmp_path, [("cat", (1, 1, 50, 40), 0), ("dog", (10, 10, 20, 20), "true"), ("dog", (11, 21, 100, 80), 0)],
+         extra={"000003": _voc_xml("z", [("cat", (1, 1, 9, 9), 1)], "y.jpg"), "000004": "<annotation><broken"})
+    (tmp_path / "train.txt").write_text("000001\n000002\n")
+    spec = load_dataset_spec(_yaml(tmp_path, "format: voc\nclasses: [cat, dog]\n"
+                                   "train: {images: JPEGImages, annotations: Annotations, list: train.txt}\n"))
+    result = convert_dataset(spec, "coco", tmp_path / "out")
+    assert result.not_carried == {"train": 1} and result.boxes == {"train": 3}
+
+
 def test_voc_reader(tmp_path: Path) -> None:
     _voc(tmp_path, [("cat", (1, 1, 50, 40), 0), ("dog", (10, 10, 20, 20), 1), ("dog", (11, 21, 100, 80), 0)])
     (tmp_path / "train.txt").write_text("000001\n")

@@ -202,6 +202,17 @@ def test_subset_and_split_refuse_their_input_and_existing_outputs(tmp_path: Path
     assert code == 2 and "--overwrite" in _one_error_line(err) and _tree(parts) == folds
     assert _cli(["split", str(src), str(parts), "--folds", "2", "--overwrite"], capsys)[0] == 0
 
+    # a hand-edited entry without the field the tools join on: one line naming the file, the entry and the field
+    for key, index, field in (("images", 2, "id"), ("annotations", 4, "category_id")):
+        edited = json.loads(original)
+        del edited[key][index][field]
+        bad = tmp_path / f"no_{field}.json"
+        bad.write_text(json.dumps(edited))
+        for argv in (["subset", str(bad), str(tmp_path / "o.json"), "--classes", "car"],
+                     ["split", str(bad), str(tmp_path / "o"), "--val-fraction", "0.5"]):
+            code, _, err = _cli(argv, capsys)
+            assert code == 2 and f"{bad}: {key}[{index}]: missing field '{field}'" in _one_error_line(err)
+
 
 def test_param_surgery_refuses_its_input_and_existing_outputs(tmp_path: Path, capsys) -> None:
     source = tmp_path / "w.pt"

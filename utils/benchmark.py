@@ -408,4 +408,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core.engine.cli import run_main  # a bad config or dataset: one line, exit 2
+
+    run_main(main)

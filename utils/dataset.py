@@ -105,12 +105,14 @@ def _write_json(data: dict, path: Path) -> None:
 def cmd_subset(args: argparse.Namespace) -> int:
     """Write the class subset of a COCO json."""
     from core.data.convert import subset_coco
-    from core.data.formats.coco import load_coco_json
+    from core.data.formats.coco import check_coco_ids, load_coco_json
 
     src = Path(args.src)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     _check_outputs([Path(args.out)], src, args.overwrite, "write OUT to another file")
-    out = subset_coco(load_coco_json(src), classes, args.keep_empty, str(src))
+    data = load_coco_json(src)
+    check_coco_ids(data, src)
+    out = subset_coco(data, classes, args.keep_empty, str(src))
     _write_json(out, Path(args.out))
     cats = ", ".join(f"{c['id']}={c['name']}" for c in out["categories"])
     print(f"{args.out}: {len(out['images'])} images, {len(out['annotations'])} annotations, categories {cats}")
@@ -120,9 +122,10 @@ def cmd_subset(args: argparse.Namespace) -> int:
 def cmd_split(args: argparse.Namespace) -> int:
     """Write train/val or K-fold COCO jsons."""
     from core.data.convert import kfold_coco, split_coco
-    from core.data.formats.coco import load_coco_json
+    from core.data.formats.coco import check_coco_ids, load_coco_json
 
     data = load_coco_json(Path(args.src))
+    check_coco_ids(data, Path(args.src))
     out_dir = Path(args.out_dir)
     if args.folds is not None:
         named = []

@@ -137,22 +137,15 @@ class ConversionResult:
     not_carried: dict[str, int]
 
 
-def ignored_annotations(spec: DatasetSpec, split: str) -> int:
-    """How many annotations of ``split`` the readers skip on purpose: COCO ``iscrowd=1`` boxes of
-    the chosen classes, VOC ``difficult`` objects (YOLO has neither)."""
-    s = spec.splits[split]
+def ignored_annotations(spec: DatasetSpec, split: str, records: Sequence[ImageRecord]) -> int:
+    """How many annotations of ``split`` (its ``records``, as ``read_split`` reads them) the readers skip
+    on purpose: COCO ``iscrowd=1`` boxes of the chosen classes, VOC ``difficult`` objects (the records'
+    ``ignore_boxes``: only the split's own files, as its list names them); YOLO has neither."""
     if spec.format == "coco":
-        data = load_coco_json(s.annotations)
+        data = load_coco_json(spec.splits[split].annotations)
         chosen = set(spec.category_ids)
         return sum(1 for a in data.get("annotations", []) if a.get("iscrowd", 0) == 1 and a.get("category_id") in chosen)
-    if spec.format == "voc":
-        count = 0
-        for xml_path in sorted(s.annotations.glob("*.xml")):
-            for obj in ET.parse(xml_path).getroot().findall("object"):
-                d = obj.find("difficult")
-                count += int(d is not None and bool(d.text) and d.text.strip() not in ("0", ""))
-        return count
-    return 0
+    return sum(len(r.ignore_boxes) for r in records)
 
 
 def _annotation_folder(out_dir: Path, to: str, split: str) -> tuple[Path, str]:
@@ -256,7 +249,7 @@ def convert_dataset(spec: DatasetSpec, to: str, out_dir: Path, images: str = "li
             desc[split] = {"images": f"images/{split}", key: f"{key}/{split}"}
         n_images[split] = len(recs)
         n_boxes[split] = int(sum(len(r.boxes) for r in recs))
-        not_carried[split] = ignored_annotations(spec, split)
+        not_carried[split] = ignored_annotations(spec, split, recs)
     yaml_path = out_dir / "data.yaml"
     header = f"# Converted from {spec.path} ({spec.format}) by python -m utils.dataset convert --to {to}\n"
     with atomic_output(yaml_path) as tmp:  # last: a convert cut short leaves no data.yaml to train on

@@ -42,6 +42,16 @@ def _fields(entry: Any, keys: tuple[str, ...], where: str) -> list:
     return [entry[k] for k in keys]
 
 
+def check_coco_ids(data: dict, path: Path) -> None:
+    """DatasetError (one line: the file, the entry, the missing field) unless every image of ``data`` (the
+    COCO json ``load_coco_json`` read from ``path``) has an ``id``, every annotation an ``image_id`` and a
+    ``category_id`` and every category an ``id`` and ``name``: the fields the subset and split tools join on."""
+    for key, fields in (("images", ("id",)), ("annotations", ("image_id", "category_id")),
+                        ("categories", ("id", "name"))):
+        for i, entry in enumerate(data[key]):
+            _fields(entry, fields, f"{path}: {key}[{i}]")
+
+
 def coco_categories(data: dict, path: Path) -> list[tuple[int, str]]:
     """(id, name) of the categories of ``data`` (the COCO json read from ``path``), sorted by id; ids
     must be distinct integers and names distinct non-empty strings."""
