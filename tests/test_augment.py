@@ -198,7 +198,7 @@ def test_defaults_are_off(tmp_path: Path) -> None:
         assert torch.equal(plain[key][1]["boxes"], off[key][1]["boxes"])
 
 
-def test_show_writes_a_grid(tmp_path: Path) -> None:
+def test_show_writes_a_grid(tmp_path: Path, capsys) -> None:
     from utils.dataset import main
 
     recs = records(tmp_path)
@@ -221,9 +221,12 @@ def test_show_writes_a_grid(tmp_path: Path) -> None:
     before = out.read_bytes()
     assert main(again + ["--out", str(out)]) == 2 and out.read_bytes() == before
     assert main(again + ["--out", str(out), "--overwrite"]) == 0 and out.read_bytes() != before
-    picture = Path(recs[0].file_name)
-    kept = picture.read_bytes()
-    assert main(again + ["--out", str(picture), "--overwrite"]) == 2 and picture.read_bytes() == kept
+    capsys.readouterr()
+    for dataset_file in (Path(recs[0].file_name), tmp_path / "ann.json", tmp_path / "data.yaml"):
+        kept = dataset_file.read_bytes()
+        for overwrite in ([], ["--overwrite"]):
+            assert main(again + ["--out", str(dataset_file), *overwrite]) == 2 and dataset_file.read_bytes() == kept
+            assert "never written over" in capsys.readouterr().err  # not "pass --overwrite"
 
 
 def _noise(rng: np.random.Generator, w: int, h: int) -> Image.Image:

@@ -72,7 +72,8 @@ def test_a_fresh_run_never_writes_over_a_run_folder(tiny_data: Path, tmp_path: P
     (run / "tensorboard").mkdir(parents=True)
     old = {name: f"old {name}".encode() for name in ("epoch_0004.pt", "epoch_0008.pt", "interrupted.pt",
                                                      "log.jsonl", "config.json", "config.py", "curves.png",
-                                                     "results_val.json", "tensorboard/events.x")}
+                                                     "results_val.json", "tensorboard/events.x",
+                                                     ".log.jsonl.tmp4242", ".epoch_0004.pt.tmp4242")}
     mine = {name: b"keep me" for name in ("notes.txt", "my_data/a.jpg", "vis/b.png", "epoch_0008.pt.bak")}
     for name, data in {**old, **mine}.items():
         (run / name).parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +101,7 @@ def test_a_fresh_run_never_writes_over_a_run_folder(tiny_data: Path, tmp_path: P
     assert [e for e, _ in list_checkpoints(run)] == [1]
     assert not (run / "interrupted.pt").exists() and not (run / "results_val.json").exists()
     assert not (run / "tensorboard" / "events.x").exists()
+    assert not (run / ".log.jsonl.tmp4242").exists() and not (run / ".epoch_0004.pt.tmp4242").exists()
     assert all((run / name).read_bytes() == data for name, data in mine.items())
     assert log_rows(run)[0]["step"] == 1 and b"old" not in (run / "log.jsonl").read_bytes()
 

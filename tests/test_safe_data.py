@@ -282,7 +282,7 @@ def test_an_output_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
 
     target = tmp_path / "out" / "table.csv"
     with atomic_output(target) as tmp:
-        assert tmp.parent == target.parent and tmp.suffix == ".csv" and not target.exists()
+        assert tmp.parent == target.parent and not target.exists()
         tmp.write_text("first")
     assert target.read_text() == "first"
     with pytest.raises(OSError, match="No space"):
@@ -290,6 +290,19 @@ def test_an_output_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
             tmp.write_text("half of the sec")
             raise OSError(28, "No space left on device")
     assert target.read_text() == "first" and sorted(p.name for p in target.parent.iterdir()) == ["table.csv"]
+    with atomic_output(target) as tmp:  # a name no reader's *.csv / *.xml / *.txt listing picks up if left
+        assert tmp.name.startswith(".table.csv.tmp") and not tmp.name.endswith(".csv")
+        tmp.write_text("second")
+    # a symbolic link is written through, and the file keeps its mode
+    real_file = tmp_path / "elsewhere" / "real.csv"
+    real_file.parent.mkdir()
+    real_file.write_text("old")
+    real_file.chmod(0o640)
+    link = tmp_path / "out" / "link.csv"
+    link.symlink_to(real_file)
+    with atomic_output(link) as tmp:
+        tmp.write_text("new")
+    assert link.is_symlink() and real_file.read_text() == "new" and real_file.stat().st_mode & 0o777 == 0o640
 
     ov = pytest.importorskip("openvino")
     from core.inference.exported import save_ir
@@ -349,3 +362,13 @@ def test_results_that_are_not_of_the_split_say_so(tmp_path: Path) -> None:
     mixed.write_text(json.dumps([{**row, "image_id": ids[0]}, {**row, "image_id": max(ids) + 100},
                                  {**row, "image_id": 12345, "file_name": records[1].file_name}]))
     assert [r["image_id"] for r in read_results(mixed, records, "val")] == [ids[0], ids[1]]
+    # a picture the split names twice (sampled twice as often) is scored under both of its ids
+    import dataclasses
+
+    twice = records + [dataclasses.replace(records[0], image_id=max(ids) + 1)]
+    own = tmp_path / "own.json"
+    own.write_text(json.dumps([{**row, "image_id": r.image_id} for r in twice]))
+    assert [r["image_id"] for r in read_results(own, twice, "val")] == [r.image_id for r in twice]
+    predicted = tmp_path / "predicted.json"
+    predicted.write_text(json.dumps([{**row, "image_id": 1, "file_name": records[0].file_name}]))
+    assert [r["image_id"] for r in read_results(predicted, twice, "val")] == [ids[0], max(ids) + 1]

@@ -388,7 +388,7 @@ def plot_comparison(summaries: Sequence[RunSummary], out_png: Path, x: str = "ti
         ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_output(out_png) as tmp:
-        fig.savefig(tmp, dpi=100)
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return out_png
 

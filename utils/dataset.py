@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -167,7 +168,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from core.data.loader import build_loader
     from core.data.records import DatasetError
     from core.data.sampler import sample_seed
-    from core.engine.output_paths import refuse_inputs
+    from core.engine.output_paths import real, refuse_inputs, within
     from core.engine.recipe import resolve_recipe
     from core.data.spec import load_dataset_spec, read_split
     from core.inference.visualize import draw_detections, save_grid
@@ -175,9 +176,23 @@ def cmd_show(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, list(args.set) + [f"dataset.data={args.data}"])
     spec = load_dataset_spec(args.data)
     records = read_split(spec, args.split)
-    # never over the YAML or one of the split's pictures (--overwrite or not); an existing grid only with it
+    # never over the YAML or a file of the dataset (any split's picture, annotation or list), --overwrite or not;
+    # an existing grid elsewhere only with --overwrite
+    out = real(args.out)
+    for name, split in spec.splits.items():
+        for what, place in (("annotations", split.annotations), ("list", split.list)):
+            if place is not None and within(out, real(place)) and os.path.lexists(out):
+                raise DatasetError(f"{args.out}: is a file of split '{name}''s {what} ({place}), which is never "
+                                   "written over; choose another --out")
+    pictures = [r.file_name for r in records]
+    for name in spec.splits:
+        if name != args.split:
+            try:
+                pictures += [r.file_name for r in read_split(spec, name)]
+            except DatasetError:  # a broken other split: its own check says so; its pictures are not known here
+                pass
+    refuse_inputs([out], [Path(args.data), *pictures], "choose another --out", DatasetError)
     _check_outputs([Path(args.out)], Path(args.data), args.overwrite, "choose another --out")
-    refuse_inputs([Path(args.out)], [r.file_name for r in records], "choose another --out", DatasetError)
     if not records:
         print(f"error: split '{args.split}' of {spec.path} has no images", file=sys.stderr)
         return 2

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import re
 import sys
 from pathlib import Path
@@ -41,6 +40,7 @@ from torch import nn
 
 from core.engine.checkpoint import CheckpointError, save_checkpoint
 from core.engine.cli import add_allow_pickle
+from core.engine.output_paths import atomic_output
 from core.weights.common import Conversion, ConversionError, removed_lines
 from core.weights.effdet_ckpt import effdet_to_detlab
 from core.weights.layout import LAYOUTS, detect_layout
@@ -158,9 +158,8 @@ def report(title: str, conversion: Conversion, source_names: list[str], verbose:
 def _save_torch(obj: Any, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

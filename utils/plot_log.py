@@ -40,8 +40,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: no training log at {log}", file=sys.stderr)
             return 2
 
+    from core.engine.output_paths import OutputPathError, refuse_existing, refuse_inputs
     from core.evaluation.plot import plot_runs, text_loss_bars
 
+    own = Path(args.run_dirs[0]) / "curves.png" if len(args.run_dirs) == 1 else None  # the run's own drawing
+    out = Path(args.out) if args.out is not None else own or Path("runs_compare.png")
+    if args.out is not None or not args.text:  # a PNG is written: refused before anything is printed
+        try:
+            refuse_inputs([out], [Path(d) / "log.jsonl" for d in args.run_dirs], "choose another --out")
+            if own is None or os.path.realpath(out) != os.path.realpath(own):
+                refuse_existing([out], args.overwrite, "choose another --out")
+        except OutputPathError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     if args.text:
         for d in args.run_dirs:
             if len(args.run_dirs) > 1:
@@ -53,18 +64,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 2
         if args.out is None:
             return 0
-
-    from core.engine.output_paths import OutputPathError, refuse_existing, refuse_inputs
-
-    own = Path(args.run_dirs[0]) / "curves.png" if len(args.run_dirs) == 1 else None  # the run's own drawing
-    out = Path(args.out) if args.out is not None else own or Path("runs_compare.png")
-    try:
-        refuse_inputs([out], [Path(d) / "log.jsonl" for d in args.run_dirs], "choose another --out")
-        if own is None or os.path.realpath(out) != os.path.realpath(own):
-            refuse_existing([out], args.overwrite, "choose another --out")
-    except OutputPathError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     print(plot_runs(args.run_dirs, out))
     return 0
 

@@ -88,11 +88,11 @@ class Config:
     def save(self, path: Path, notes: dict[str, Any] | None = None) -> None:
         """Write the resolved values as JSON (atomically) for the record of a run, with ``notes``
         (e.g. why the automatic recipe chose its values) beside them."""
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps({"source": self.source, "sections": self.to_dict(), **(notes or {})},
-                                  indent=2, default=str))
-        tmp.replace(path)
+        from core.engine.output_paths import atomic_output
+
+        with atomic_output(path) as tmp:
+            tmp.write_text(json.dumps({"source": self.source, "sections": self.to_dict(), **(notes or {})},
+                                      indent=2, default=str))
 
 
 class _Namespace:

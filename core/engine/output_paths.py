@@ -69,17 +69,23 @@ def refuse_existing(outputs: Iterable[str | Path], overwrite: bool, hint: str,
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """``with atomic_output(path) as tmp:`` write the file ``tmp`` (a hidden name beside ``path``, with
-    ``path``'s suffix, for writers that pick the format by it); when the block ends without an error
-    ``tmp`` replaces ``path`` in one rename, and otherwise it is removed and ``path`` is left as it was.
-    An interrupted run, a full disk or a crash never leaves half a file under the final name.
-    ``path``'s folder is created if missing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+def atomic_output(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """``with atomic_output(path) as tmp:`` write the file ``tmp``, a hidden ``.<name>.tmp<pid><suffix>`` beside
+    ``path`` (``suffix``: for a writer that insists on one, such as OpenVINO's ``.xml``; otherwise the name ends
+    in no data suffix, so no reader's ``*.xml`` / ``*.txt`` / ``*.png`` listing ever takes a leftover for data).
+    When the block ends without an error ``tmp`` replaces the file in one rename, with the mode the file had;
+    otherwise it is removed and the file is left as it was. A symbolic link at ``path`` is written through (the
+    file it names is replaced, beside itself, so the rename never crosses file systems). An interrupted run, a
+    crash of the process or a full disk never leaves half a file under the final name (checkpoints, which must
+    also survive a power loss, are fsynced as well: ``core.engine.checkpoint``). ``path``'s folder is created
+    if missing. Writers that pick a format by the name are given it (``savefig(tmp, format="png")``)."""
+    target = Path(os.path.realpath(path))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}{suffix}")
     try:
         yield tmp
-        os.replace(tmp, path)
+        if target.exists():
+            os.chmod(tmp, os.stat(target).st_mode & 0o7777)
+        os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

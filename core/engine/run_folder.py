@@ -32,10 +32,10 @@ except ImportError:  # not on POSIX: no lock (said when one is asked for)
 LOCK_NAME = ".lock"
 # What a run writes into its folder, and so all that --overwrite removes (nothing else in the folder is touched):
 # checkpoints, the log, the config record, the curves, TensorBoard events, detection_test.py's results, and the
-# temp files a killed checkpoint or config write can leave.
-RUN_FILES = ("epoch_*.pt", "interrupted.pt", "best.pt", "log.jsonl", "config.json", "config.py", "curves.png",
-             "tensorboard", "results_*.json", ".epoch_*.pt.tmp*", ".interrupted.pt.tmp*", ".best.pt.tmp*",
-             "config.json.tmp")
+# temp files a killed write of one of them can leave (``.<name>.tmp<pid>``: core.engine.output_paths.atomic_output).
+_RUN_OUTPUTS = ("epoch_*.pt", "interrupted.pt", "best.pt", "log.jsonl", "config.json", "config.py", "curves.png",
+                "results_*.json")
+RUN_FILES = _RUN_OUTPUTS + ("tensorboard",) + tuple(f".{name}.tmp*" for name in _RUN_OUTPUTS)
 # A folder holding any of these holds a run: a fresh run there is refused.
 RUN_MARKERS = ("epoch_*.pt", "interrupted.pt", "best.pt", "log.jsonl")
 

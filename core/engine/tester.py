@@ -88,8 +88,9 @@ def read_results(path: Path, records: Sequence[Any], split: str) -> list[dict[st
     """The COCO result rows of the json at ``path`` (a list of ``{image_id, category_id, bbox, score}``, bbox
     xywh in original pixels, as ``detection_test.py`` writes them) that belong to ``records``, the pictures of
     ``split`` (``core.data.records`` records, ``file_name`` absolute). A row with a ``file_name`` (as
-    ``utils.predict`` writes them: it numbers the pictures it was given in its own order) is matched to the
-    split's picture of that file and takes its ``image_id``. Raises ``DatasetError`` (one line naming the file,
+    ``utils.predict`` writes them: it numbers the pictures it was given in its own order; a relative name is
+    taken from the working folder) is matched to the split's picture of that file and takes its ``image_id``
+    (one copy per entry where the split names the picture more than once). Raises ``DatasetError`` (one line naming the file,
     the row and the fix) for a file that is not such a list, and when no row belongs to the split; rows of
     other pictures are left out with a warning."""
     from core.data.records import DatasetError
@@ -108,21 +109,26 @@ def read_results(path: Path, records: Sequence[Any], split: str) -> list[dict[st
                 and isinstance(row["bbox"], list) and len(row["bbox"]) == 4):
             raise DatasetError(f"{path}: row {i} is not a detection (needs image_id, category_id, bbox [x, y, w, h] "
                                f"and score): {str(row)[:120]}")
-    by_file = {os.path.realpath(r.file_name): r.image_id for r in records}
-    ids = set(by_file.values())
+    ids = {r.image_id for r in records}
+    by_file: dict[str, list[int]] = {}  # a picture the split names twice (oversampled) has two ids
+    for r in records:
+        by_file.setdefault(os.path.realpath(r.file_name), []).append(r.image_id)
     kept: list[dict[str, Any]] = []
     for row in rows:
-        image_id = by_file.get(os.path.realpath(row["file_name"])) if "file_name" in row else row["image_id"]
-        if image_id in ids:
-            kept.append({**row, "image_id": image_id})
+        if "file_name" in row:
+            kept += [{**row, "image_id": i} for i in by_file.get(os.path.realpath(row["file_name"]), [])]
+        elif row["image_id"] in ids:
+            kept.append(row)
     if rows and not kept:
         lo, hi = (min(ids), max(ids)) if ids else (None, None)
         raise DatasetError(f"{path}: none of its {len(rows)} detections is of a picture of split '{split}' (image ids "
                            f"{lo}..{hi}, or the pictures' files); pass the --split they were predicted on, or results "
                            "of this split's pictures")
-    if len(kept) < len(rows):
-        print(f"warning: {path}: {len(rows) - len(kept)} of {len(rows)} detections are of pictures not in split "
-              f"'{split}'; left out")
+    left_out = sum(1 for row in rows if not (by_file.get(os.path.realpath(row["file_name"]))
+                                             if "file_name" in row else row["image_id"] in ids))
+    if left_out:
+        print(f"warning: {path}: {left_out} of {len(rows)} detections are of pictures not in split '{split}'; "
+              "left out")
     return kept
 
 

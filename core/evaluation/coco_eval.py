@@ -408,7 +408,7 @@ def save_pr_curves(
         path = out / f"pr_{c:03d}_{_safe_filename(str(name))}.png"
         fig.tight_layout()
         with atomic_output(path) as tmp:
-            fig.savefig(tmp, dpi=100)
+            fig.savefig(tmp, dpi=100, format="png")
         plt.close(fig)
         written.append(path)
     return written

@@ -172,6 +172,6 @@ def save_confusion_png(matrix: np.ndarray, class_names: Sequence[str], path: str
                  f"(match IoU > {iou_thr:g}, score >= {score_thr:g})", fontsize=10)
     fig.tight_layout()
     with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=100)
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path

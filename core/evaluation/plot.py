@@ -137,7 +137,7 @@ def plot_runs(
     fig.tight_layout()
     out = Path(out_png)
     with atomic_output(out) as tmp:
-        fig.savefig(tmp, dpi=100)
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return out
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -361,6 +362,11 @@ def save_ir(model: Any, xml_path: Path) -> None:
     name and renamed (the ``.bin`` first, then the ``.xml`` a reader opens): never half a model under its name."""
     import openvino as ov
 
-    with atomic_output(xml_path) as tmp_xml, atomic_output(xml_path.with_suffix(".bin")) as tmp_bin:
-        assert tmp_bin == tmp_xml.with_suffix(".bin")  # the pair save_model writes
-        ov.save_model(model, str(tmp_xml))
+    xml_path = Path(os.path.realpath(xml_path))  # a link's target, and its .bin beside it
+    with atomic_output(xml_path, suffix=".xml") as tmp_xml:  # save_model takes only a name ending in .xml
+        tmp_bin = tmp_xml.with_suffix(".bin")  # where save_model puts the weights
+        try:
+            ov.save_model(model, str(tmp_xml))
+            os.replace(tmp_bin, xml_path.with_suffix(".bin"))
+        finally:
+            tmp_bin.unlink(missing_ok=True)

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.engine.output_paths import atomic_output
+
 LIST_MAGIC = 0x112
 V1_MAGIC = 0xF993FAC8
 V2_MAGIC = 0xF993FAC9
@@ -231,8 +233,6 @@ def encode_ndarray_file(arrays: dict[str, np.ndarray]) -> bytes:
 def write_ndarray_file(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` (name -> numpy array, in this order) as ``mx.nd.save(path, arrays)`` would,
     via a temporary file renamed into place."""
-    path = Path(path)
     data = encode_ndarray_file(arrays)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
