@@ -128,6 +128,15 @@ def test_a_run_continues_and_restarts_from_its_own_config_copy(tiny_data: Path, 
     assert not list(run.glob(".*tmp*"))  # no temporary file left behind
 
 
+def test_a_wrong_dataset_stops_before_the_run_folder_is_made(tmp_path: Path) -> None:
+    from core.data.records import DatasetError
+
+    cfg = load_config(DEMO, overrides(tmp_path / "no_such.yaml", tmp_path, "typo"))
+    with pytest.raises(DatasetError, match="no_such.yaml: dataset YAML not found"):
+        Trainer(cfg)
+    assert not (tmp_path / "typo").exists()
+
+
 # ----------------------------------------------------------------------------- 2. a folder per config
 
 

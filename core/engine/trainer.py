@@ -106,6 +106,8 @@ class Trainer:
         seed_everything(g.seed + self.dist.rank, g.deterministic)
         self.out = run_dir(cfg)
         check_precision(self.device, g.precision)
+        # the dataset YAML first: a wrong --data stops before the run folder is made (no empty runs/NAME/ left)
+        self.spec: DatasetSpec = load_dataset_spec(cfg.dataset.data)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         # rank 0 locks the folder; a fresh run never writes over one there (core.engine.run_folder)
@@ -113,7 +115,6 @@ class Trainer:
         if self._lock is not None:  # freed when fit() ends, or when this trainer is dropped without fitting
             weakref.finalize(self, self._lock.release)
 
-        self.spec: DatasetSpec = load_dataset_spec(cfg.dataset.data)
         # start-up dataset check: problems stop the run with the full report unless dataset.skip_bad_records
         checked, notes = load_checked_records(self.spec, ("train", "val"), cfg.dataset.skip_bad_records,
                                               cfg.dataset.skip_bad_images)
