@@ -178,6 +178,30 @@ def test_int8_keeps_every_dense_convolution_of_the_float_modules_in_float(tmp_pa
     assert quantized[("neck",)] - quantized[("neck", "head.box_net")] == box - len(model.levels), (quantized, box)
 
 
+    # constant_biases (what the INT8 runtime applies where it computes in bf16): every bias is a constant, no
+    # ShapeOf is left, the 8-bit weights stay 8-bit and the outputs are the same to the last bit (in f32)
+    from core.inference.exported import constant_biases
+
+    def kinds(graph) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for op in graph.get_ops():
+            counts[op.get_type_name()] = counts.get(op.get_type_name(), 0) + 1
+        return counts
+
+    core = ov.Core()
+    xml = tmp_path / "q0.xml"
+    before, after = core.read_model(str(xml)), constant_biases(core.read_model(str(xml)))
+    assert kinds(before)["ShapeOf"] > 0 and "ShapeOf" not in kinds(after)
+    int8 = lambda graph: sum(op.get_type_name() == "Constant" and op.get_output_element_type(0) in  # noqa: E731
+                             (ov.Type.i8, ov.Type.u8) for op in graph.get_ops())
+    assert int8(after) == int8(before) > 0
+    assert (kinds(after)["FakeQuantize"], kinds(after)["Convert"]) == (kinds(before)["FakeQuantize"],
+                                                                       kinds(before)["Convert"])
+    run = lambda graph: [np.asarray(v) for v in core.compile_model(  # noqa: E731
+        graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(calibration[0]).values()]
+    assert all(np.array_equal(a, b) for a, b in zip(run(before), run(after)))
+
+
 def test_cpu_has_amx_reads_the_flags_line(tmp_path: Path) -> None:
     """``cpu_has_amx``: True only for an ``amx_bf16`` flag on the flags line of cpuinfo (the INT8 runtime's
     float parts go bf16 only there); a flag-like word elsewhere, or no file, is False."""
