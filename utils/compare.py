@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from core.engine.output_paths import atomic_output  # noqa: E402 (after the path set-up above)
+from core.engine.output_paths import OutputPathError, atomic_output, refuse_existing  # noqa: E402 (after sys.path)
 
 RUN_MARKERS = ("log.jsonl", "epoch_*.pt", "interrupted.pt")  # a folder holding one of these holds a run
 GRACE_S = 300.0  # after the budget's SIGTERM, how long a run may take to save before it is killed
@@ -448,11 +448,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     written = [out_dir / name for name in ("compare.md", "compare.csv", "compare.png")]
     written += [out_dir / f"train_{run_name(config, args.set)}.txt" for config in args.configs]
-    existing = [p for p in written if p.exists()]
-    if existing and not args.overwrite:  # an earlier comparison's table holds times that --runs cannot measure again
-        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        say(f"error: {existing[0]}: exists{more}, from an earlier comparison; pass --overwrite to replace it, or "
-            "choose another --out")
+    try:  # an earlier comparison's table holds times that --runs cannot measure again
+        refuse_existing(written, args.overwrite, "choose another --out")
+    except OutputPathError as err:
+        say(f"error: {err}")
         return 2
 
     summaries: list[RunSummary] = []

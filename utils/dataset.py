@@ -168,7 +168,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from core.data.loader import build_loader
     from core.data.records import DatasetError
     from core.data.sampler import sample_seed
-    from core.engine.output_paths import real, refuse_inputs, within
+    from core.engine.output_paths import real, refuse_existing, refuse_inputs, within
     from core.engine.recipe import resolve_recipe
     from core.data.spec import load_dataset_spec, read_split
     from core.inference.visualize import draw_detections, save_grid
@@ -192,7 +192,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             except DatasetError:  # a broken other split: its own check says so; its pictures are not known here
                 pass
     refuse_inputs([out], [Path(args.data), *pictures], "choose another --out", DatasetError)
-    _check_outputs([Path(args.out)], Path(args.data), args.overwrite, "choose another --out")
+    refuse_existing([Path(args.out)], args.overwrite, "choose another --out", DatasetError)
     if not records:
         print(f"error: split '{args.split}' of {spec.path} has no images", file=sys.stderr)
         return 2

@@ -90,9 +90,9 @@ def read_results(path: Path, records: Sequence[Any], split: str) -> list[dict[st
     ``split`` (``core.data.records`` records, ``file_name`` absolute). A row with a ``file_name`` (as
     ``utils.predict`` writes them: it numbers the pictures it was given in its own order; a relative name is
     taken from the working folder) is matched to the split's picture of that file and takes its ``image_id``
-    (one copy per entry where the split names the picture more than once). Raises ``DatasetError`` (one line naming the file,
-    the row and the fix) for a file that is not such a list, and when no row belongs to the split; rows of
-    other pictures are left out with a warning."""
+    (one copy per entry where the split names the picture more than once). Raises ``DatasetError`` (one line
+    naming the file, the row and the fix) for a file that is not such a list, and when no row belongs to the
+    split; rows of other pictures are left out with a warning."""
     from core.data.records import DatasetError
 
     try:
@@ -114,18 +114,17 @@ def read_results(path: Path, records: Sequence[Any], split: str) -> list[dict[st
     for r in records:
         by_file.setdefault(os.path.realpath(r.file_name), []).append(r.image_id)
     kept: list[dict[str, Any]] = []
+    left_out = 0
     for row in rows:
-        if "file_name" in row:
-            kept += [{**row, "image_id": i} for i in by_file.get(os.path.realpath(row["file_name"]), [])]
-        elif row["image_id"] in ids:
-            kept.append(row)
+        own = (by_file.get(os.path.realpath(row["file_name"]), []) if "file_name" in row
+               else [row["image_id"]] if row["image_id"] in ids else [])
+        kept += [{**row, "image_id": i} for i in own]
+        left_out += not own
     if rows and not kept:
         lo, hi = (min(ids), max(ids)) if ids else (None, None)
         raise DatasetError(f"{path}: none of its {len(rows)} detections is of a picture of split '{split}' (image ids "
                            f"{lo}..{hi}, or the pictures' files); pass the --split they were predicted on, or results "
                            "of this split's pictures")
-    left_out = sum(1 for row in rows if not (by_file.get(os.path.realpath(row["file_name"]))
-                                             if "file_name" in row else row["image_id"] in ids))
     if left_out:
         print(f"warning: {path}: {left_out} of {len(rows)} detections are of pictures not in split '{split}'; "
               "left out")
