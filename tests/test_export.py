@@ -179,7 +179,8 @@ def test_int8_keeps_every_dense_convolution_of_the_float_modules_in_float(tmp_pa
 
 
     # constant_biases (what the INT8 runtime applies where it computes in bf16): every bias is a constant, no
-    # ShapeOf is left, the 8-bit weights stay 8-bit and the outputs are the same to the last bit (in f32)
+    # ShapeOf is left, the 8-bit weights stay 8-bit and the outputs are the same in f32, to its rounding (a bias
+    # fused into its convolution may be added in another order; on the 2026-12-03 Xeon they were bit-equal)
     from core.inference.exported import constant_biases
 
     def kinds(graph) -> dict[str, int]:
@@ -199,7 +200,8 @@ def test_int8_keeps_every_dense_convolution_of_the_float_modules_in_float(tmp_pa
                                                                        kinds(before)["Convert"])
     run = lambda graph: [np.asarray(v) for v in core.compile_model(  # noqa: E731
         graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(calibration[0]).values()]
-    assert all(np.array_equal(a, b) for a, b in zip(run(before), run(after)))
+    for a, b in zip(run(before), run(after)):
+        assert np.abs(a - b).max() <= FLOAT32_RTOL * np.abs(a).max(), float(np.abs(a - b).max())
 
 
 def test_cpu_has_amx_reads_the_flags_line(tmp_path: Path) -> None:
